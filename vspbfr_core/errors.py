@@ -1,0 +1,30 @@
+"""Exception hierarchy of vspbfr_core.
+
+Every error says what went wrong and what to do next; the core never swallows an
+exception and never continues with random weights.
+"""
+from __future__ import annotations
+
+
+class VSPBFRError(Exception):
+    """Base class of every error raised on purpose by vspbfr_core."""
+
+
+class CheckpointError(VSPBFRError):
+    """A model file is missing, unreadable, unsafe, of the wrong kind or does not fit the network."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickled checkpoint references a Python global outside the data-only allow-list."""
+
+
+class UnsupportedDtypeError(VSPBFRError):
+    """A network was asked to run in a precision it does not support."""
+
+
+class InputError(VSPBFRError, ValueError):
+    """A public input has the wrong shape, range, dtype or contents."""
+
+
+class ModelNotFoundError(CheckpointError, FileNotFoundError):
+    """A model file the caller asked for does not exist."""

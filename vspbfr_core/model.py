@@ -1,0 +1,183 @@
+"""The four VSPBFR networks wired together, with every random draw explicit.
+
+Paper: VSPBFR, Pattern Recognition 2025, Sec. 3 (Fig. 2: style encoder -> code diffuser -> StyleGAN2
+feature bank -> restoration auto-encoder).  This module restores *aligned* faces; detection,
+alignment and paste-back live in ``vspbfr_core.face``.
+
+Stages, each callable alone:
+1. ``encode``: aligned faces ``[F, 3, R, R]`` in [-1, 1] -> encoder W+ ``[F, 18, 512]``;
+2. ``diffuse``: W+ -> visual style prompt W+ (4-step DDPM from ``x_T``);
+3. ``feature_bank``: prompt -> StyleGAN2 features at 4..R (the 1024 level and RGB skipped);
+4. ``restore``: faces + bank + prompt + random codes -> restored faces ``[F, 3, R, R]`` (unclamped).
+
+Randomness: ``draw_noise`` draws everything one face needs from that face's generator, in the
+official consumption order (mixing decision, z, x_T, StyleGAN noise, inject index, encoder noise,
+decoder noise); faces drawn separately are concatenated, so a face's result does not depend on the
+batch it is in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .encoder import StyleEncoder
+from .restorer import RestorationNet
+from .rng import rand_scalar, randint_scalar, randn
+from .stylegan2 import StyleGAN2Synthesis
+from .wplus_diffusion import CodeDiffuser, DDPMSchedule, StepCallback, sample_wplus
+
+__all__ = ["VSPBFRModel", "RestoreNoise", "MIXING_PROBABILITY"]
+
+MIXING_PROBABILITY = 0.5   # official mixing_noise(B, 512, 0.5)
+
+
+@dataclass
+class RestoreNoise:
+    """Every random input of one restoration, batch-major.
+
+    ``z2``/``inject_index`` are ``None`` when no face of the batch uses style mixing; otherwise
+    ``inject_index [F]`` holds ``n_latent`` for faces without mixing (all rows from ``z1``).
+    """
+    z1: torch.Tensor                                   # [F, w_dim]
+    z2: torch.Tensor | None                            # [F, w_dim]
+    inject_index: torch.Tensor | None                  # [F] long
+    x_T: torch.Tensor                                  # [F, num_ws, w_dim]
+    stylegan: list[torch.Tensor]                       # [F, 1, r, r] per consumed StyleGAN conv
+    encoder: list[torch.Tensor]                        # [F, 1, r, r] per restoration encoder layer
+    decoder: list[torch.Tensor]                        # [F, 1, r, r] per restoration decoder layer
+    stylegan_extra: list[torch.Tensor] = field(default_factory=list)   # only for style_sample
+
+    @staticmethod
+    def cat(parts: list[RestoreNoise], n_latent: int) -> RestoreNoise:
+        """Concatenate per-face noise; faces without mixing get ``inject_index = n_latent``."""
+        if len(parts) == 1:
+            return parts[0]
+        z1 = torch.cat([p.z1 for p in parts])
+        z2 = inject = None
+        if any(p.z2 is not None for p in parts):
+            z2 = torch.cat([p.z2 if p.z2 is not None else torch.zeros_like(p.z1) for p in parts])
+            inject = torch.cat([p.inject_index if p.inject_index is not None
+                                else torch.full((p.z1.shape[0],), n_latent, dtype=torch.long) for p in parts])
+        extra_lens = {len(p.stylegan_extra) for p in parts}
+        return RestoreNoise(
+            z1, z2, inject, torch.cat([p.x_T for p in parts]),
+            [torch.cat(t) for t in zip(*[p.stylegan for p in parts])],
+            [torch.cat(t) for t in zip(*[p.encoder for p in parts])],
+            [torch.cat(t) for t in zip(*[p.decoder for p in parts])],
+            [torch.cat(t) for t in zip(*[p.stylegan_extra for p in parts])] if extra_lens != {0} else [],
+        )
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> RestoreNoise:
+        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device=device, dtype=dtype)
+        return RestoreNoise(
+            mv(self.z1), mv(self.z2),
+            None if self.inject_index is None else self.inject_index.to(device), mv(self.x_T),
+            [mv(t) for t in self.stylegan], [mv(t) for t in self.encoder], [mv(t) for t in self.decoder],
+            [mv(t) for t in self.stylegan_extra])
+
+
+class VSPBFRModel(nn.Module):
+    """Style encoder + code diffuser + StyleGAN2 feature bank + restoration network."""
+
+    def __init__(self, style_encoder: StyleEncoder, stylegan: StyleGAN2Synthesis, code_diffuser: CodeDiffuser,
+                 restoration_net: RestorationNet):
+        super().__init__()
+        self.style_encoder = style_encoder
+        self.stylegan = stylegan
+        self.code_diffuser = code_diffuser
+        self.restoration_net = restoration_net
+        self.schedule = DDPMSchedule.from_config(code_diffuser.config)
+        rc, sc, ec = restoration_net.config, stylegan.config, style_encoder.config
+        if ec.num_ws < rc.n_latent or ec.num_ws < sc.num_ws or ec.w_dim != rc.w_dim or ec.w_dim != sc.w_dim:
+            raise ValueError(f"incompatible networks: encoder {ec.num_ws}x{ec.w_dim}, StyleGAN {sc.num_ws}x{sc.w_dim}, "
+                             f"restoration {rc.n_latent}x{rc.w_dim}")
+        if code_diffuser.config.w_dim != ec.w_dim:
+            raise ValueError("code diffuser width differs from the encoder's W+ width")
+        if sc.resolution < rc.resolution:
+            raise ValueError("the StyleGAN2 feature bank must reach the restoration resolution")
+        for k in range(1, rc.log_size - 1):
+            if sc.channels(2 ** (k + 2)) != rc.channels(2 ** (k + 2)):
+                raise ValueError(f"feature bank width differs from the restoration decoder at {2 ** (k + 2)} px")
+
+    @property
+    def resolution(self) -> int:
+        return self.restoration_net.config.resolution
+
+    @property
+    def num_bank_features(self) -> int:
+        """Feature maps 0..log2(R)-2 (4 .. R px): everything the restoration decoder consumes."""
+        return self.restoration_net.config.log_size - 1
+
+    # -- randomness ------------------------------------------------------------------------------
+
+    def draw_noise(self, batch: int, generator: torch.Generator | None, *, mixing_probability: float = MIXING_PROBABILITY,
+                   style_sample: bool = False) -> RestoreNoise:
+        """Draw one batch's noise from one generator (official order, discarded draws skipped)."""
+        w_dim = self.restoration_net.config.w_dim
+        mixing = mixing_probability > 0 and rand_scalar(generator) < mixing_probability
+        if mixing:
+            z = randn((2, batch, w_dim), generator)
+            z1, z2 = z[0], z[1]
+        else:
+            z1, z2 = randn((batch, w_dim), generator), None
+        x_T = randn((batch, self.style_encoder.config.num_ws, w_dim), generator)
+        sg = [randn(s, generator) for s in self.stylegan.noise_shapes(batch, self.num_bank_features)]
+        inject = None
+        if mixing:
+            inject = torch.full((batch,), randint_scalar(1, self.restoration_net.config.n_latent - 1, generator))
+        enc = [randn(s, generator) for s in self.restoration_net.encoder_noise_shapes(batch)]
+        dec = [randn(s, generator) for s in self.restoration_net.decoder_noise_shapes(batch)]
+        extra = []
+        if style_sample:
+            all_shapes = self.stylegan.noise_shapes(batch)
+            extra = [randn(s, generator) for s in all_shapes[len(sg):]]
+        return RestoreNoise(z1, z2, inject, x_T, sg, enc, dec, extra)
+
+    def draw_noise_per_face(self, generators: list[torch.Generator | None], **kwargs) -> RestoreNoise:
+        """One generator per face; the result for a face depends only on its own generator."""
+        parts = [self.draw_noise(1, g, **kwargs) for g in generators]
+        return RestoreNoise.cat(parts, self.restoration_net.config.n_latent)
+
+    # -- stages ----------------------------------------------------------------------------------
+
+    def encode(self, faces: torch.Tensor) -> torch.Tensor:
+        """Aligned faces ``[F, 3, R, R]`` in [-1, 1] -> encoder W+ ``[F, num_ws, w_dim]``."""
+        return self.style_encoder(faces)
+
+    def diffuse(self, ws: torch.Tensor, x_T: torch.Tensor, callback: StepCallback | None = None) -> torch.Tensor:
+        """Encoder W+ -> visual style prompt W+ (same shape)."""
+        return sample_wplus(self.code_diffuser, ws, x_T.to(ws.device), self.schedule, callback)
+
+    def feature_bank(self, prompts: torch.Tensor, noise: list[torch.Tensor], extra_noise: list[torch.Tensor] | None = None,
+                     style_sample: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """StyleGAN2 features 4..R px from the prompts; with ``style_sample`` the full RGB render too."""
+        if style_sample:
+            if not extra_noise:
+                raise ValueError("style_sample needs the extra StyleGAN noise (draw_noise(..., style_sample=True))")
+            feats, img = self.stylegan(prompts, list(noise) + list(extra_noise), None, return_image=True)
+            return feats[: self.num_bank_features], img
+        feats, _ = self.stylegan(prompts, noise, self.num_bank_features)
+        return feats, None
+
+    def restore(self, faces: torch.Tensor, bank: list[torch.Tensor], prompts: torch.Tensor, noise: RestoreNoise,
+                bank_scale: float = 1.0) -> torch.Tensor:
+        return self.restoration_net(faces, bank, prompts, noise.z1, noise.z2, noise.inject_index,
+                                    noise.encoder, noise.decoder, bank_scale=bank_scale)
+
+    def forward(self, faces: torch.Tensor, noise: RestoreNoise, *, prompt_mix: float = 1.0, bank_scale: float = 1.0,
+                callback: StepCallback | None = None) -> torch.Tensor:
+        """Aligned faces -> restored faces (unclamped, [-1, 1] nominal).
+
+        ``prompt_mix`` interpolates the prompt between the encoder's W+ (0) and the diffused W+ (1,
+        official); ``bank_scale`` scales the feature-bank contribution (1, official).
+        """
+        noise = noise.to(faces.device, faces.dtype)
+        ws = self.encode(faces)
+        prompts = self.diffuse(ws, noise.x_T, callback)
+        if prompt_mix != 1.0:
+            prompts = torch.lerp(ws, prompts, prompt_mix)
+        bank, _ = self.feature_bank(prompts, noise.stylegan)
+        return self.restore(faces, bank, prompts, noise, bank_scale)
