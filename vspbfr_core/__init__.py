@@ -1,0 +1,36 @@
+"""vspbfr_core: VSPBFR blind face restoration in pure PyTorch, with no host (ComfyUI / A1111) imports.
+
+"Visual Style Prompt Learning Using Diffusion Models for Blind Face Restoration", Pattern
+Recognition 161 (2025) 111312.  Importing this package is cheap: submodules (and torch) load on
+first use of a public name.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "VSPBFRError": ".errors", "CheckpointError": ".errors", "UnsafeCheckpointError": ".errors",
+    "UnsupportedDtypeError": ".errors", "InputError": ".errors", "ModelNotFoundError": ".errors",
+    "StyleEncoder": ".encoder", "StyleEncoderConfig": ".encoder",
+    "StyleGAN2Synthesis": ".stylegan2", "StyleGAN2Config": ".stylegan2",
+    "CodeDiffuser": ".wplus_diffusion", "CodeDiffuserConfig": ".wplus_diffusion", "DDPMSchedule": ".wplus_diffusion",
+    "sample_wplus": ".wplus_diffusion",
+    "RestorationNet": ".restorer", "RestorationConfig": ".restorer",
+    "VSPBFRModel": ".model", "RestoreNoise": ".model",
+    "load_checkpoint": ".checkpoints", "convert_checkpoint": ".checkpoints", "read_checkpoint": ".checkpoints",
+    "make_generator": ".rng",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vspbfr_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

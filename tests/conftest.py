@@ -1,0 +1,29 @@
+"""Shared test fixtures: the repository root on sys.path, ../shared lookups and tiny configs."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SHARED = Path(os.environ.get("VSPBFR_SHARED", ROOT.parent / "shared"))
+TEST_DEVICE = torch.device(os.environ.get("VSPBFR_TEST_DEVICE", "cpu"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test when it is absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} not present (../shared is only available in the development checkout)")
+    return p
+
+
+@pytest.fixture
+def device() -> torch.device:
+    return TEST_DEVICE
