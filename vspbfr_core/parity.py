@@ -364,7 +364,7 @@ def check_fixture(fixture: str | os.PathLike[str], dtype: torch.dtype = torch.fl
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
     if save is not None:
         from safetensors.torch import save_file
-        save_file({k: v.detach().contiguous().cpu() for k, v in ours.items()}, str(save),
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in ours.items()}, str(save),
                   metadata={"fixture": str(fixture), "dtype": str(dtype)})
     return compare(ours, golden, stats, dtype), kind
 
