@@ -15,6 +15,8 @@ from .errors import VSPBFRError
 
 COMMAND_MODULES: tuple[str, ...] = (
     ".commands.convert",
+    ".commands.download",
+    ".commands.info",
 )
 
 

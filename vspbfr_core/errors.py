@@ -28,3 +28,10 @@ class InputError(VSPBFRError, ValueError):
 
 class ModelNotFoundError(CheckpointError, FileNotFoundError):
     """A model file the caller asked for does not exist."""
+
+
+class DownloadError(VSPBFRError):
+    """A model file could not be downloaded, or what arrived is not the expected file.
+
+    The message names the URL, the target folder and what to do next (retry, a mirror, or a manual download).
+    """

@@ -1,0 +1,201 @@
+"""``vspbfr info [MODEL_DIR] [--detector-dir DIR] [--check]``: which model files are there, and what they are.
+
+Lists, for each network, the converted ``.safetensors`` and the official ``.pt`` (present, missing, size, kind
+detected from the keys), the RetinaFace detector files, and interrupted downloads (``*.part``). Kinds are read
+from the keys only (``.safetensors``: the header; ``.pt``: :func:`vspbfr_core.checkpoints.read_checkpoint`);
+``--check`` also compares sizes and sha256 with the known values and the download record, and loads every file
+strictly. The exit status is 0 when every network and a detector are usable.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..paths import DETECTOR_FILES, NETWORK_KINDS, NETWORK_SUFFIXES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="list the model files in the models folder",
+                       description="List which model files are present, missing or converted, with their detected "
+                                   "kinds and sizes. The folder is MODEL_DIR, else $VSPBFR_MODELS, else the per-user "
+                                   "default (see `vspbfr download --help`).")
+    p.add_argument("model_dir", nargs="?", default=None, metavar="MODEL_DIR", help="models folder")
+    p.add_argument("--detector-dir", metavar="DIR", default=None,
+                   help="a separate folder with the RetinaFace files (searched before MODEL_DIR)")
+    p.add_argument("--check", action="store_true",
+                   help="also verify sizes and sha256 (known values, download record) and load every file strictly")
+    p.add_argument("--json", action="store_true", help="print the inventory as JSON")
+    p.set_defaults(func=run)
+
+
+@dataclass
+class ModelFileInfo:
+    """One row of the inventory."""
+    role: str                    # network kind, "detector", or "partial"
+    name: str                    # file name
+    path: str | None             # full path when present
+    state: str                   # present | converted (.safetensors) | missing | partial (*.part)
+    size: int | None = None
+    kind: str | None = None      # detected kind (networks: from the keys; detector: from the file name)
+    problem: str | None = None   # unreadable, wrong kind, failed check
+    checked: bool = False        # --check passed
+
+
+def _safetensors_kind(path: Path) -> str:
+    from safetensors import safe_open
+
+    from ..checkpoints import detect_kind
+    from ..errors import CheckpointError
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            meta = dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types for damaged headers
+        raise CheckpointError(f"not a valid .safetensors file ({exc})") from exc
+    kind = detect_kind(keys)
+    if kind is None:
+        raise CheckpointError(f"not a VSPBFR network file ({len(keys)} keys starting with {sorted(keys)[:3]})")
+    declared = meta.get("vspbfr.kind")
+    if declared and declared != kind:
+        raise CheckpointError(f"metadata says {declared!r} but the keys are those of {kind!r}")
+    return kind
+
+
+def _network_kind(path: Path) -> str:
+    if path.suffix == ".safetensors":
+        return _safetensors_kind(path)
+    from ..checkpoints import read_checkpoint
+
+    return read_checkpoint(path).kind
+
+
+def _check(path: Path, role: str, detector: str | None, records: dict) -> None:
+    """Raise a VSPBFRError unless the file matches what is known and loads strictly."""
+    from ..download import check_present_file, detector_remote_file, verify_model_file, vspbfr_remote_files
+    from ..errors import CheckpointError
+
+    kind = detector if role == "detector" else role
+    assert kind is not None
+    if path.suffix == ".pt" or role == "detector":
+        spec = detector_remote_file(kind) if role == "detector" else \
+            next(s for s in vspbfr_remote_files() if s.kind == kind)
+        problem, _ = check_present_file(spec, path, records)   # loads it when no sha256 is known or recorded
+        if problem:
+            raise CheckpointError(problem)
+        if not (spec.sha256 or spec.sha256_affixes or spec.name in records):
+            return
+    verify_model_file(path, kind)
+
+
+def inspect_models_dir(folder: str | os.PathLike[str], detector_dir: str | os.PathLike[str] | None = None,
+                       check: bool = False) -> list[ModelFileInfo]:
+    """The inventory of ``folder`` (and ``detector_dir``): one row per expected file and per ``*.part`` file."""
+    from ..download import read_download_records
+    from ..errors import VSPBFRError
+
+    folder = Path(folder)
+    rows: list[ModelFileInfo] = []
+    records = read_download_records(folder)
+    for kind in NETWORK_KINDS:
+        for suffix in NETWORK_SUFFIXES:
+            path = folder / (kind + suffix)
+            state = "converted" if suffix == ".safetensors" else "present"
+            if not path.is_file():
+                rows.append(ModelFileInfo(kind, path.name, None, "missing"))
+                continue
+            row = ModelFileInfo(kind, path.name, str(path), state, path.stat().st_size)
+            try:
+                row.kind = _network_kind(path)
+                if row.kind != kind:
+                    row.problem = f"holds a {row.kind} network, not {kind}: rename or replace it"
+                elif check:
+                    _check(path, kind, None, records)
+                    row.checked = True
+            except VSPBFRError as exc:
+                row.problem = str(exc)
+            rows.append(row)
+    det_dirs = [Path(detector_dir)] if detector_dir is not None else []
+    det_dirs.append(folder)
+    for det, name in DETECTOR_FILES.items():
+        found = next((d / name for d in det_dirs if (d / name).is_file()), None)
+        if found is None:
+            rows.append(ModelFileInfo("detector", name, None, "missing"))
+            continue
+        row = ModelFileInfo("detector", name, str(found), "present", found.stat().st_size, f"retinaface {det}")
+        if check:
+            try:
+                _check(found, "detector", det, read_download_records(found.parent))
+                row.checked = True
+            except VSPBFRError as exc:
+                row.problem = str(exc)
+        rows.append(row)
+    for d in dict.fromkeys(det_dirs):
+        if d.is_dir():
+            for part in sorted(d.glob("*.part")):
+                rows.append(ModelFileInfo("partial", part.name, str(part), "partial", part.stat().st_size))
+    return rows
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+def _usable(row: ModelFileInfo, check: bool) -> bool:
+    return row.path is not None and row.problem is None and (row.checked or not check)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..paths import locate_models_dir
+
+    folder, origin = locate_models_dir(args.model_dir)
+    rows = inspect_models_dir(folder, args.detector_dir, check=args.check)
+    # The file a pipeline loads is the first present one (converted before official), as in find_model_file.
+    chosen = {k: next((r for r in rows if r.role == k and r.path), None) for k in NETWORK_KINDS}
+    networks_ok = {k: r is not None and _usable(r, args.check) for k, r in chosen.items()}
+    detectors = [r.name for r in rows if r.role == "detector" and _usable(r, args.check)]
+    failed = [r for r in rows if r.problem]
+    ok = all(networks_ok.values()) and bool(detectors) and not failed
+    if args.json:
+        print(json.dumps({"models_dir": str(folder), "origin": origin, "ok": ok,
+                          "files": [asdict(r) for r in rows]}, indent=2))
+        return 0 if ok else 1
+
+    origin_text = {"argument": "MODEL_DIR", "environment": "$VSPBFR_MODELS", "default": "per-user default"}[origin]
+    exists = "" if folder.is_dir() else ", does not exist"
+    print(f"models folder: {folder} ({origin_text}{exists})")
+    if args.detector_dir:
+        print(f"detector folder: {args.detector_dir}")
+    print(f"{'FILE':<36} {'STATE':<10} {'SIZE':>9}  KIND")
+    for r in rows:
+        kind = r.kind or ""
+        if r.state == "partial":
+            kind = "interrupted download: `vspbfr download` resumes it"
+        line = f"{r.name:<36} {r.state:<10} {_human(r.size):>9}  {kind}"
+        if r.checked:
+            line += "  [check ok]"
+        if r.problem:
+            line += f"  [PROBLEM: {r.problem}]"
+        print(line)
+    for kind, row in chosen.items():
+        if row is not None:
+            print(f"{kind}: uses {row.name}" + ("" if networks_ok[kind] else " (which has a problem: fix or remove it)"))
+    missing = [k for k, good in networks_ok.items() if not good]
+    if missing or not detectors:
+        what = missing + ([] if detectors else ["a face detector"])
+        print(f"missing or unusable: {', '.join(what)}. Get the files with `vspbfr download --to {folder}`.")
+    elif failed:
+        print(f"{len(failed)} file(s) with problems (see above), though every network and a detector are usable.")
+    else:
+        print(f"ready: all {len(NETWORK_KINDS)} networks and detector {', '.join(detectors)}")
+    return 0 if ok else 1

@@ -1,0 +1,152 @@
+"""Where model files live: the models folder and the files inside it.
+
+The models folder is chosen in this order:
+
+1. an explicit folder (a function argument, ``--models`` / ``--to`` / ``MODEL_DIR`` on the command line);
+2. the environment variable ``VSPBFR_MODELS``;
+3. a per-user default: ``%LOCALAPPDATA%\\vspbfr\\models`` on Windows, ``$XDG_DATA_HOME/vspbfr/models`` elsewhere
+   (``~/.local/share/vspbfr/models`` when ``XDG_DATA_HOME`` is unset), on Linux and macOS alike.
+
+Inside it, each network is found under its official name (``style_encoder_decoder.pt``, ``code_diffuser.pt``,
+``restoration_net.pt``) or its converted name (same stem, ``.safetensors``, preferred when both exist); the RetinaFace
+detector under facexlib's names (``detection_Resnet50_Final.pth``, ``detection_mobilenet0.25_Final.pth``), in the
+models folder or a separate detector folder. Nothing here imports torch or touches the network.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+from .errors import InputError, ModelNotFoundError
+
+__all__ = [
+    "MODELS_ENV", "NETWORK_KINDS", "DETECTOR_FILES", "DETECTOR_ALIASES", "default_models_dir", "locate_models_dir",
+    "resolve_models_dir", "model_file_candidates", "find_model_file",
+]
+
+MODELS_ENV = "VSPBFR_MODELS"
+NETWORK_KINDS: tuple[str, ...] = ("style_encoder_decoder", "code_diffuser", "restoration_net")
+NETWORK_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt")    # search order: converted first
+DETECTOR_FILES: dict[str, str] = {
+    "resnet50": "detection_Resnet50_Final.pth",
+    "mobile0.25": "detection_mobilenet0.25_Final.pth",
+}
+DETECTOR_ALIASES: dict[str, str] = {                          # facexlib's model names -> ours
+    "retinaface_resnet50": "resnet50",
+    "retinaface_mobile0.25": "mobile0.25",
+}
+
+PathLike = str | os.PathLike[str]
+ModelsDirOrigin = Literal["argument", "environment", "default"]
+
+
+def _expand(path: PathLike) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(os.fspath(path))))
+
+
+def default_models_dir() -> Path:
+    """The per-user models folder used when neither an argument nor ``VSPBFR_MODELS`` names one."""
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "vspbfr" / "models"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "vspbfr" / "models"
+
+
+def locate_models_dir(explicit: PathLike | None = None) -> tuple[Path, ModelsDirOrigin]:
+    """The models folder and where the choice came from (for messages such as ``vspbfr info``)."""
+    if explicit is not None and os.fspath(explicit) != "":
+        return _expand(explicit), "argument"
+    env = os.environ.get(MODELS_ENV, "").strip()
+    if env:
+        return _expand(env), "environment"
+    return default_models_dir(), "default"
+
+
+def resolve_models_dir(explicit: PathLike | None = None) -> Path:
+    """The models folder: ``explicit``, else ``$VSPBFR_MODELS``, else :func:`default_models_dir`.
+
+    The folder is not created and need not exist.
+    """
+    return locate_models_dir(explicit)[0]
+
+
+def _detector_key(name: str) -> str | None:
+    name = DETECTOR_ALIASES.get(name, name)
+    if name in DETECTOR_FILES:
+        return name
+    for key, fname in DETECTOR_FILES.items():
+        if name == fname:
+            return key
+    return None
+
+
+def model_file_candidates(kind_or_name: str) -> tuple[tuple[str, ...], bool]:
+    """File names to look for, in order, and whether they are detector files.
+
+    ``kind_or_name`` is a network kind (``restoration_net``), an official or converted file name
+    (``restoration_net.pt``: then the converted twin is accepted too), a detector name (``resnet50``,
+    ``mobile0.25``, facexlib's ``retinaface_resnet50``) or detector file name, or any other file name
+    with a suffix (looked for as is).
+    """
+    det = _detector_key(kind_or_name)
+    if det is not None:
+        return (DETECTOR_FILES[det],), True
+    stem, suffix = os.path.splitext(kind_or_name)
+    if kind_or_name in NETWORK_KINDS:
+        return tuple(kind_or_name + s for s in NETWORK_SUFFIXES), False
+    if stem in NETWORK_KINDS and suffix in NETWORK_SUFFIXES:
+        return (kind_or_name,) + tuple(stem + s for s in NETWORK_SUFFIXES if s != suffix), False
+    if suffix:
+        return (kind_or_name,), False
+    known = ", ".join(list(NETWORK_KINDS) + list(DETECTOR_FILES))
+    raise InputError(f"unknown model {kind_or_name!r}: give a network kind or detector ({known}) or a file name")
+
+
+def _as_dirs(dirs: PathLike | Iterable[PathLike] | None) -> list[Path]:
+    if dirs is None:
+        return [resolve_models_dir()]
+    if isinstance(dirs, (str, os.PathLike)):
+        return [_expand(dirs)]
+    return [_expand(d) for d in dirs]
+
+
+def find_model_file(kind_or_name: str, dirs: PathLike | Iterable[PathLike] | None = None, *,
+                    detector_dir: PathLike | None = None) -> Path:
+    """The first existing file for ``kind_or_name`` (see :func:`model_file_candidates`) in ``dirs``.
+
+    ``dirs`` defaults to :func:`resolve_models_dir`. Detector files are looked for in ``detector_dir``
+    first (when given), then in ``dirs``. Within one folder a converted ``.safetensors`` wins over the
+    official ``.pt``. Raises :class:`ModelNotFoundError` naming the files, every folder searched and
+    the ``vspbfr download`` command that fetches them.
+    """
+    names, is_detector = model_file_candidates(kind_or_name)
+    search = _as_dirs(dirs)
+    if is_detector and detector_dir is not None:
+        search = [_expand(detector_dir)] + search
+    seen: list[Path] = []
+    for folder in search:
+        if folder in seen:
+            continue
+        seen.append(folder)
+        for name in names:
+            candidate = folder / name
+            if candidate.is_file():
+                return candidate
+    raise ModelNotFoundError(_not_found_message(kind_or_name, names, is_detector, seen))
+
+
+def _not_found_message(kind_or_name: str, names: tuple[str, ...], is_detector: bool, searched: list[Path]) -> str:
+    where = "; ".join(f"{d}{'' if d.is_dir() else ' (folder does not exist)'}" for d in searched) or "(no folder)"
+    target = searched[0] if searched else resolve_models_dir()
+    if is_detector:
+        det = _detector_key(kind_or_name) or "resnet50"
+        command = f"vspbfr download --to {target} --only detector --detector {det}"
+    else:
+        command = f"vspbfr download --to {target}"
+    return (f"model file not found: {' or '.join(names)} (for {kind_or_name!r}). Looked in: {where}. "
+            f"Download it with `{command}`, or put the file in one of those folders by hand; choose another "
+            f"models folder with the models-folder option or the {MODELS_ENV} environment variable.")
