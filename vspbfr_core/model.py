@@ -149,7 +149,9 @@ class VSPBFRModel(nn.Module):
 
     def diffuse(self, ws: torch.Tensor, x_T: torch.Tensor, callback: StepCallback | None = None) -> torch.Tensor:
         """Encoder W+ -> visual style prompt W+ (same shape)."""
-        return sample_wplus(self.code_diffuser, ws, x_T.to(ws.device), self.schedule, callback)
+        dt = next(self.code_diffuser.parameters()).dtype     # float32 (or float64) even when the rest is half
+        out = sample_wplus(self.code_diffuser, ws.to(dt), x_T.to(ws.device, dt), self.schedule, callback)
+        return out.to(ws.dtype)
 
     def feature_bank(self, prompts: torch.Tensor, noise: list[torch.Tensor], extra_noise: list[torch.Tensor] | None = None,
                      style_sample: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None]:

@@ -172,8 +172,8 @@ class RestorationNet(nn.Module):
     # -- stages ------------------------------------------------------------------------------------
 
     def map_noise(self, z: torch.Tensor) -> torch.Tensor:
-        """Mapping MLP: ``z [B, w_dim] -> w [B, w_dim]``."""
-        return self.style(z)
+        """Mapping MLP: ``z [B, w_dim] -> w [B, w_dim]``, in the MLP's own precision (float32 when the rest is half)."""
+        return self.style(z.to(self.style[1].weight.dtype))
 
     def noise_latent(self, w1: torch.Tensor, w2: torch.Tensor | None, inject_index: torch.Tensor | int | None
                      ) -> torch.Tensor:
@@ -230,6 +230,6 @@ class RestorationNet(nn.Module):
         w1 = self.map_noise(z1)
         w2 = self.map_noise(z2) if z2 is not None else None
         latent = torch.cat([prompts[:, : self.config.n_latent].to(faces.dtype),
-                            self.noise_latent(w1, w2, inject_index)], dim=-1)       # [B, n_latent, 2 w_dim]
+                            self.noise_latent(w1, w2, inject_index).to(faces.dtype)], dim=-1)   # [B, n_latent, 2 w_dim]
         enc = self.encode(faces, latent, enc_noise)
         return self.decode(enc, bank, latent, dec_noise, bank_scale)
