@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     ".commands.convert",
     ".commands.download",
     ".commands.info",
+    ".commands.restore",
 )
 
 
