@@ -177,9 +177,12 @@ def _write_record(folder: Path, spec: RemoteFile, size: int, sha256: str, note: 
                           "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "note": note}
     path = folder / RECORD_FILE
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"format": RECORD_FORMAT, "files": records}, indent=2, sort_keys=True) + "\n",
-                   encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps({"format": RECORD_FORMAT, "files": records}, indent=2, sort_keys=True) + "\n",
+                       encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:  # the model file itself is in place and verified; only later re-checks lose the hash
+        log.warning("could not write the download record %s: %s", path, exc)
 
 
 #----------------------------------------------------------------------------
@@ -346,22 +349,30 @@ def _describe_network_error(exc: BaseException) -> tuple[str, bool]:
     return f"{type(reason).__name__}: {reason}", False
 
 
+_PROJECT_PAGES = {"vspbfr": f"{DEFAULT_HF_ENDPOINT}/{HF_REPO}/tree/{HF_REVISION}",
+                  "detector": "https://github.com/xinntao/facexlib/releases/tag/v0.1.0"}
+
+
 def _http_error_message(spec: RemoteFile, code: int, folder: Path) -> str:
+    page = _PROJECT_PAGES[spec.group]
     if code == 404:
-        where = ("the mirror set by HF_ENDPOINT does not have it, or the file was renamed"
-                 if spec.group == "vspbfr" and hf_endpoint() != DEFAULT_HF_ENDPOINT
-                 else "the file was renamed or moved, or the base URL is wrong")
-        return (f"{spec.url} was not found (HTTP 404): {where}. Download {spec.name} by hand from its project "
-                f"page into {folder}, then check it with `vspbfr info {folder} --check`.")
+        if spec.group == "vspbfr" and not spec.url.startswith(DEFAULT_HF_ENDPOINT + "/"):
+            where = f"the mirror ({HF_ENDPOINT_ENV}) does not have it, or the base URL is wrong"
+        else:
+            where = "the file was renamed or moved, or the base URL is wrong"
+        return (f"{spec.url} was not found (HTTP 404): {where}. Download {spec.name} by hand from {page} into "
+                f"{folder}, then check it with `vspbfr info {folder} --check`.")
     if code in (401, 403):
         return (f"{spec.url}: access refused (HTTP {code}). The file may need a login or a different mirror; "
-                f"download {spec.name} by hand into {folder}.")
-    return f"{spec.url}: the server answered HTTP {code}."
+                f"download {spec.name} by hand from {page} into {folder}.")
+    return f"{spec.url}: the server answered HTTP {code}; try again later or download {spec.name} from {page}."
 
 
-def _offline_message(specs: Sequence[RemoteFile], folder: Path, reason: str) -> str:
-    lines = [f"cannot download from {urllib.parse.urlsplit(specs[0].url).netloc}: {reason}. "
-             "This machine looks offline, or a firewall or proxy blocks it. What to do:",
+def _offline_message(specs: Sequence[RemoteFile], folder: Path, reasons: dict[str, str]) -> str:
+    """What to do when hosts cannot be reached; ``reasons`` maps each host to why, ``specs`` are the files left."""
+    hosts = "; ".join(f"{host}: {reason}" for host, reason in reasons.items())
+    lines = [f"cannot download from {hosts}. This machine looks offline, or a firewall or proxy blocks it. "
+             "What to do:",
              "  - check the connection (urllib honours HTTPS_PROXY) and run the same command again; "
              "partial files (*.part) are resumed, not restarted;"]
     if any(s.group == "vspbfr" for s in specs):
@@ -470,7 +481,11 @@ def _transfer_once(spec: RemoteFile, part: Path, state: _TransferState, *, timeo
                     raise _Transient(f"{reason} after {done} bytes", network=False) from exc
                 if not block:
                     break
-                f.write(block)
+                try:
+                    f.write(block)
+                except OSError as exc:
+                    raise DownloadError(f"cannot write {part}: {exc}. Free some space or choose another folder "
+                                        "(--to); what was written so far is kept and resumed.") from exc
                 done += len(block)
                 if state.total is not None and done > state.total:
                     f.close()
@@ -497,9 +512,10 @@ def _fetch(spec: RemoteFile, part: Path, *, timeout: float, retries: int, backof
         except _Transient as exc:
             attempt += 1
             kept = part.stat().st_size if part.exists() else 0
-            if exc.network and kept == 0 and attempt > min(retries, 1):
-                # Nothing ever arrived and the host cannot be reached: one retry covers a blip, more only delay
-                # the advice of the offline message.
+            # Nothing ever arrived and the host cannot be reached: one retry covers a blip, more only delay the
+            # advice of the offline message.
+            limit = min(retries, 1) if exc.network and kept == 0 else retries
+            if exc.network and kept == 0 and attempt > limit:
                 raise _Unreachable(exc.reason) from exc
             if attempt > retries:
                 raise DownloadError(
@@ -507,8 +523,8 @@ def _fetch(spec: RemoteFile, part: Path, *, timeout: float, retries: int, backof
                     f"tries). {kept} bytes are kept in {part}; run the same command again to resume, or download "
                     f"the file by hand into {part.parent}.") from exc
             delay = backoff * attempt
-            log.warning("%s: %s; retrying in %.1f s (try %d of %d), resuming from byte %d", spec.name, exc.reason,
-                        delay, attempt + 1, retries + 1, kept)
+            log.warning("%s: %s; retrying in %.1f s (try %d of %d)%s", spec.name, exc.reason, delay, attempt + 1,
+                        limit + 1, f", resuming from byte {kept}" if kept else "")
             if delay > 0:
                 time.sleep(delay)
 
@@ -526,12 +542,17 @@ def download_file(spec: RemoteFile, folder: str | os.PathLike[str], *, progress:
         return _download_file(spec, Path(folder), progress=progress, timeout=timeout, retries=retries,
                               backoff=backoff, chunk_size=chunk_size)
     except _Unreachable as exc:
-        raise DownloadError(_offline_message([spec], Path(folder), exc.reason)) from exc
+        raise DownloadError(_offline_message([spec], Path(folder),
+                                             {urllib.parse.urlsplit(spec.url).netloc: exc.reason})) from exc
 
 
 def _download_file(spec: RemoteFile, folder: Path, *, progress: ProgressCallback | None, timeout: float,
                    retries: int, backoff: float, chunk_size: int) -> DownloadResult:
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot create the models folder {folder}: {exc}. Choose another folder with --to "
+                            "or VSPBFR_MODELS.") from exc
     final = folder / spec.name
     part = folder / (spec.name + PART_SUFFIX)
     records = read_download_records(folder)
@@ -570,7 +591,12 @@ def _download_file(spec: RemoteFile, folder: Path, *, progress: ProgressCallback
     if previous and previous != digest:
         log.warning("%s: sha256 %s differs from %s recorded by an earlier download; the file on the server "
                     "changed. The new file loads and replaces the old one.", spec.name, digest, previous)
-    os.replace(part, final)
+    try:
+        os.replace(part, final)
+    except OSError as exc:  # Windows: the old file is open (memory-mapped) in another program
+        raise DownloadError(f"{spec.name} was downloaded and verified, but {final} cannot be replaced ({exc}). "
+                            f"Close programs that use it, then run the command again (the verified bytes are kept "
+                            f"in {part}).") from exc
     _write_record(folder, spec, size, digest, "downloaded")
     log.debug("%s: downloaded, %d bytes, sha256 %s", final, size, digest)
     return DownloadResult(spec, final, "downloaded", size, digest, state.resumed_from)
@@ -617,7 +643,6 @@ def download_models(folder: str | os.PathLike[str] | None = None, *, only: Group
     if results:
         parts.append("ready: " + ", ".join(r.spec.name for r in results) + ".")
     parts += [f"failed: {spec.name}: {msg}" for spec, msg in failures]
-    for host, reason in unreachable.items():
-        parts.append(_offline_message([s for s in skipped if urllib.parse.urlsplit(s.url).netloc == host],
-                                      Path(dest), reason))
+    if unreachable:
+        parts.append(_offline_message(skipped, Path(dest), unreachable))
     raise DownloadError("\n".join(parts))

@@ -21,9 +21,9 @@ An interrupted download is resumed by running the same command again."""
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("download", help="download the official model files (resumable, verified)",
-                       description="Download the three VSPBFR networks and the RetinaFace face detector into the "
-                                   "models folder. Files already present and valid are skipped; every new file is "
-                                   "checked (size, sha256 where known, a load test) before it gets its final name.",
+                       description="Download the three VSPBFR networks and the RetinaFace face detector into\n"
+                                   "the models folder. Files already present and valid are skipped; every new file\n"
+                                   "is checked (size, sha256 where known, a load test) before it gets its final name.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--to", metavar="DIR", default=None, help="models folder (default: see below)")
     p.add_argument("--detector", choices=("resnet50", "mobile0.25", "none"), default="resnet50",
