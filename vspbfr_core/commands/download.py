@@ -57,16 +57,19 @@ class TextProgressBar:
         self._start = 0.0
         self._first = 0
         self._last_draw = 0.0
+        self._drawn = 0
 
     def __call__(self, name: str, done: int, total: int | None) -> None:
         now = time.monotonic()
         if name != self._name:
             self.finish()
-            self._name, self._start, self._first, self._last_draw = name, now, done, 0.0
+            self._name, self._start, self._first, self._last_draw, self._drawn = name, now, done, 0.0, 0
         complete = total is not None and done >= total
         if self.tty and (complete or now - self._last_draw >= self.interval):
             self._last_draw = now
-            self.stream.write("\r" + self._line(name, done, total, now))
+            line = self._line(name, done, total, now)
+            self.stream.write("\r" + line.ljust(self._drawn))          # pad over a longer previous line
+            self._drawn = len(line)
             self.stream.flush()
         if complete:
             if not self.tty:
