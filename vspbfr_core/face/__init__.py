@@ -1,0 +1,36 @@
+"""Faces: RetinaFace detection, FFHQ alignment and seamless paste-back, batched on the caller's device.
+
+Pipeline steps 2, 3 and 8 of the style guide (section 6)::
+
+    detector = load_detector("retinaface_mobile0.25", model_dir)       # never downloads
+    dets = detect_faces(detector, images_bhwc)                          # Detections (F faces)
+    aligned = align_faces(images_bchw, dets)                            # AlignedFaces: crops [F, C, 512, 512]
+    out, mask = paste_faces(images_bchw, restored_crops, aligned)       # [B, C, H', W'], [B, H', W']
+
+Importing this package does not import torch; the submodules load on first use of a name.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DETECTOR_FILES": ".detect", "DETECTOR_URLS": ".detect", "DEFAULT_THRESHOLD": ".detect",
+    "Detections": ".detect", "load_detector": ".detect", "load_detector_file": ".detect",
+    "find_detector_file": ".detect", "download_detector": ".detect", "detect_faces": ".detect",
+    "RetinaFaceDetector": ".retinaface", "RetinaFaceConfig": ".retinaface",
+    "FFHQ_TEMPLATE_512": ".align", "AlignedFaces": ".align", "align_faces": ".align",
+    "face_template": ".align", "estimate_similarity": ".align",
+    "paste_faces": ".paste", "face_mask": ".paste", "color_correct": ".paste",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,441 @@
+"""Face detection for an IMAGE batch: loading the RetinaFace weights, detection, selection, ordering.
+
+Pipeline step 2 (style guide section 6): ``Detections`` per image, flattened into one face batch of
+size F with an ``image_index`` map.  Steps of :func:`detect_faces`:
+
+1. IMAGE ``[B, H, W, C]`` (C = 1, 3 or 4) -> RGB ``[B, 3, H, W]`` through :mod:`vspbfr_core.image`.
+2. Resize to a copy whose long side is at most ``detect_size`` (antialiased, float, on the detector's
+   device).  Never upscaled.  Coordinates are mapped back with the exact per-axis factors ``W / w`` and
+   ``H / h`` (pixel-edge convention: a coordinate ``x`` in the copy is ``x * W / w`` in the input).
+3. One network pass per chunk of images, score threshold, box / landmark decoding of the survivors,
+   per-image non-maximum suppression (IoU 0.4) in one ``batched_nms`` call.
+4. Per image: drop faces whose box short side is below ``min_size``; order the rest (``order``); the
+   position in that ordered list is the face's *index* (what ``selection="0,2"`` and the ``faces``
+   command refer to); apply ``selection``; then ``max_faces`` keeps the largest faces of the selection,
+   still in order.
+
+Weights are never downloaded implicitly: :func:`load_detector` only reads files the caller's folders
+hold, and :func:`download_detector` is the one explicit way to fetch them.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import CheckpointError, InputError, ModelNotFoundError
+from ..image import from_host
+from .retinaface import MOBILENET_025, RESNET50, RetinaFaceConfig, RetinaFaceDetector, decode_boxes, decode_landmarks
+
+__all__ = [
+    "DETECTOR_FILES", "DETECTOR_URLS", "DETECTOR_SHA256", "DEFAULT_THRESHOLD", "NMS_IOU", "Detections",
+    "find_detector_file", "load_detector", "load_detector_file", "download_detector", "detect_faces", "parse_selection",
+]
+
+log = logging.getLogger(__name__)
+
+DETECTOR_FILES: dict[str, str] = {
+    "retinaface_resnet50": "detection_Resnet50_Final.pth",
+    "retinaface_mobile0.25": "detection_mobilenet0.25_Final.pth",
+}
+DETECTOR_CONFIGS: dict[str, RetinaFaceConfig] = {
+    "retinaface_resnet50": RESNET50,
+    "retinaface_mobile0.25": MOBILENET_025,
+}
+_RELEASE = "https://github.com/xinntao/facexlib/releases/download/v0.1.0/"
+DETECTOR_URLS: dict[str, str] = {name: _RELEASE + file for name, file in DETECTOR_FILES.items()}
+DETECTOR_SHA256: dict[str, str] = {
+    "retinaface_resnet50": "6d1de9c2944f2ccddca5f5e010ea5ae64a39845a86311af6fdf30841b0a5a16d",
+    "retinaface_mobile0.25": "2979b33ffafda5d74b6948cd7a5b9a7a62f62b949cef24e95fd15d2883a65220",
+}
+
+DEFAULT_THRESHOLD = 0.97     # FaceRestoreHelper's detection threshold (GFPGAN / CodeFormer behaviour)
+NMS_IOU = 0.4                # RetinaFace's suppression overlap
+DETECT_PIXELS = 16 * 640 * 640   # images per network pass are chunked to about this many input pixels
+
+Order = Literal["left-right", "top-bottom", "area", "score"]
+ORDERS: tuple[str, ...] = ("left-right", "top-bottom", "area", "score")
+
+ModelDirs = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+
+#----------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Faces found in an image batch, flattened; ordered by image index, then by the chosen order.
+
+    All tensors live on the CPU unless moved with :meth:`to`; coordinates are input-image pixels
+    (float32, x to the right, y down; a pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``).
+    """
+
+    image_index: torch.Tensor    # [F] long: which image of the batch each face belongs to
+    boxes: torch.Tensor          # [F, 4] float32: x1, y1, x2, y2
+    landmarks: torch.Tensor      # [F, 5, 2] float32: (x, y) of left eye, right eye, nose, left and right mouth corner
+    scores: torch.Tensor         # [F] float32: face probability
+    order_index: torch.Tensor    # [F] long: position of the face in its image's ordered candidate list
+    num_images: int = 0          # B, the batch the faces were found in (also when F == 0)
+    image_size: tuple[int, int] = (0, 0)   # (H, W) of the input images
+
+    def __len__(self) -> int:
+        return int(self.image_index.shape[0])
+
+    @property
+    def sizes(self) -> torch.Tensor:
+        """[F] face size in pixels: the short side of the box (what ``min_size`` compares to)."""
+        wh = self.boxes[:, 2:] - self.boxes[:, :2]
+        return wh.min(dim=1).values
+
+    @property
+    def centers(self) -> torch.Tensor:
+        """[F, 2] box centres (x, y)."""
+        return (self.boxes[:, :2] + self.boxes[:, 2:]) / 2
+
+    def counts(self) -> list[int]:
+        """Number of faces of each image of the batch."""
+        return torch.bincount(self.image_index.cpu(), minlength=self.num_images).tolist()
+
+    def index(self, keep: torch.Tensor) -> Detections:
+        """The faces selected by a boolean mask or index tensor over F, keeping the batch metadata."""
+        keep = keep.to(self.image_index.device)
+        return Detections(self.image_index[keep], self.boxes[keep], self.landmarks[keep], self.scores[keep],
+                          self.order_index[keep], self.num_images, self.image_size)
+
+    def for_image(self, i: int) -> Detections:
+        """The faces of image ``i`` (``image_index`` keeps the value ``i``)."""
+        if not 0 <= i < max(self.num_images, 1):
+            raise InputError(f"for_image: image index {i} is outside the batch of {self.num_images}")
+        return self.index(self.image_index == i)
+
+    def to(self, device: torch.device | str) -> Detections:
+        return Detections(self.image_index.to(device), self.boxes.to(device), self.landmarks.to(device),
+                          self.scores.to(device), self.order_index.to(device), self.num_images, self.image_size)
+
+    def to_json(self, decimals: int = 2) -> list[dict[str, Any]]:
+        """One JSON-ready dict per face (stable keys: image, index, box, landmarks, score, size)."""
+        out = []
+        sizes = self.sizes.tolist()
+        for k in range(len(self)):
+            out.append({
+                "image": int(self.image_index[k]),
+                "index": int(self.order_index[k]),
+                "box": [round(float(v), decimals) for v in self.boxes[k].tolist()],
+                "landmarks": [[round(float(x), decimals), round(float(y), decimals)]
+                              for x, y in self.landmarks[k].tolist()],
+                "score": round(float(self.scores[k]), 4),
+                "size": round(float(sizes[k]), decimals),
+            })
+        return out
+
+    @staticmethod
+    def empty(num_images: int = 0, image_size: tuple[int, int] = (0, 0)) -> Detections:
+        return Detections(torch.zeros(0, dtype=torch.long), torch.zeros(0, 4), torch.zeros(0, 5, 2),
+                          torch.zeros(0), torch.zeros(0, dtype=torch.long), num_images, image_size)
+
+
+#----------------------------------------------------------------------------
+# Model files
+
+
+def _dir_list(model_dir: ModelDirs) -> list[Path]:
+    if isinstance(model_dir, (str, os.PathLike)):
+        return [Path(model_dir)]
+    return [Path(d) for d in model_dir]
+
+
+def _check_name(name: str) -> str:
+    if name not in DETECTOR_FILES:
+        raise InputError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTOR_FILES)}")
+    return name
+
+
+def find_detector_file(name: str, model_dir: ModelDirs) -> Path:
+    """The weight file of detector ``name`` in the first of ``model_dir`` that holds it.
+
+    A ``.safetensors`` file with the same stem is preferred over the ``.pth`` in the same folder.
+    Raises :class:`ModelNotFoundError` naming the file, the folders searched and where to get it.
+    """
+    file = DETECTOR_FILES[_check_name(name)]
+    dirs = _dir_list(model_dir)
+    for d in dirs:
+        for candidate in (d / (Path(file).stem + ".safetensors"), d / file):
+            if candidate.is_file():
+                return candidate
+    searched = ", ".join(str(d) for d in dirs) or "(no folder given)"
+    raise ModelNotFoundError(
+        f"face detector weights {file} not found in {searched}. Download {DETECTOR_URLS[name]} "
+        f"(facexlib release v0.1.0) into one of those folders, or run `vspbfr download --detector {name}`, "
+        "which fetches and checks it. Nothing is downloaded automatically.")
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+            obj: Any = load_file(str(path))
+        else:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except ImportError as exc:
+        raise CheckpointError(f"{path}: reading .safetensors needs the 'safetensors' package") from exc
+    except Exception as exc:  # torch / safetensors raise several types for damaged or unsafe files
+        raise CheckpointError(
+            f"{path}: cannot read this file as detector weights ({type(exc).__name__}: {exc}). It is probably "
+            "truncated, corrupt or not a plain tensor file: download it again.") from exc
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a dict of tensors (a RetinaFace state dict), "
+                              f"found {type(obj).__name__}")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_detector(name: str, model_dir: ModelDirs, device: torch.device | str = "cpu") -> RetinaFaceDetector:
+    """Build detector ``name`` and load its released weights strictly; eval mode, no gradients.
+
+    Args:
+        name: ``"retinaface_resnet50"`` or ``"retinaface_mobile0.25"`` (keys of ``DETECTOR_FILES``).
+        model_dir: a folder, or folders searched in order, holding ``DETECTOR_FILES[name]``.
+        device: where the network lives (it always runs in float32).
+    """
+    return load_detector_file(name, find_detector_file(name, model_dir), device)
+
+
+def load_detector_file(name: str, path: str | os.PathLike[str], device: torch.device | str = "cpu"
+                       ) -> RetinaFaceDetector:
+    """Like :func:`load_detector`, for one explicit file."""
+    _check_name(name)
+    path = Path(path)
+    sd = _read_state_dict(path)
+    with torch.device("meta"):
+        net = RetinaFaceDetector(DETECTOR_CONFIGS[name], name)
+    expected = set(net.state_dict())
+    missing = sorted(expected - set(sd))
+    unexpected = sorted(set(sd) - expected)
+    if missing or unexpected:
+        other = [n for n, cfg in DETECTOR_CONFIGS.items() if n != name]
+        raise CheckpointError(
+            f"{path}: not the weights of {name}: {len(missing)} missing keys {missing[:4]}, {len(unexpected)} "
+            f"unexpected keys {unexpected[:4]}. Is it the file of {other[0]}?")
+    shapes = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in net.state_dict().items() if sd[k].shape != v.shape]
+    if shapes:
+        raise CheckpointError(f"{path}: tensor shapes do not fit {name}: {shapes[:3]} (file, network)")
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
+                        strict=True, assign=True)
+    net.mean_bgr = torch.tensor(net.config.mean_bgr).view(1, 3, 1, 1)
+    left = [k for k, t in list(net.named_parameters()) + list(net.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointError(f"{path}: tensors left uninitialised after loading: {left[:4]}")
+    log.debug("loaded %s from %s", name, path)
+    return net.eval().requires_grad_(False).to(device)
+
+
+def download_detector(name: str, model_dir: str | os.PathLike[str], *, url: str | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> Path:
+    """Explicitly fetch detector ``name`` into ``model_dir`` and verify it; returns the file path.
+
+    The only function of the core that touches the network.  The file is written to a temporary
+    name, its sha256 is checked against ``DETECTOR_SHA256`` and it is strictly loaded before it is
+    moved into place.  An existing valid file is kept.  ``progress(done_bytes, total_bytes)`` is
+    called while downloading (total is 0 when the server does not say).
+    """
+    file = DETECTOR_FILES[_check_name(name)]
+    folder = Path(model_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / file
+    if target.is_file() and _sha256(target) == DETECTOR_SHA256[name]:
+        return target
+    source = url or DETECTOR_URLS[name]
+    fd, tmp_name = tempfile.mkstemp(prefix=file + ".", suffix=".part", dir=folder)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(source, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            while block := response.read(1 << 20):
+                out.write(block)
+                done += len(block)
+                if progress is not None:
+                    progress(done, total)
+        digest = _sha256(tmp)
+        if digest != DETECTOR_SHA256[name]:
+            raise CheckpointError(f"downloaded {source} but its sha256 is {digest}, expected "
+                                  f"{DETECTOR_SHA256[name]}; the file was discarded (try again)")
+        load_detector_file(name, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("downloaded %s to %s", name, target)
+    return target
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+#----------------------------------------------------------------------------
+# Detection
+
+
+def parse_selection(selection: str) -> str | list[int]:
+    """``"all"``, ``"largest"``, ``"center"`` or a list of indices from ``"0,2"`` (spaces allowed)."""
+    text = str(selection).strip().lower()
+    if text in ("all", "largest", "center", "centre"):
+        return "center" if text == "centre" else text
+    try:
+        indices = [int(part) for part in text.replace(" ", "").split(",") if part != ""]
+    except ValueError:
+        indices = []
+    if not indices or any(i < 0 for i in indices):
+        raise InputError(f"selection {selection!r}: use 'all', 'largest', 'center' or face indices such as '0,2' "
+                         "(0 is the first face in the chosen order)")
+    return indices
+
+
+def _order_keys(boxes: torch.Tensor, scores: torch.Tensor, areas: torch.Tensor, order: str) -> torch.Tensor:
+    """Permutation putting one image's faces in ``order`` (ties broken by score)."""
+    if order == "score":
+        return torch.argsort(scores, descending=True, stable=True)
+    if order == "area":
+        return torch.argsort(areas, descending=True, stable=True)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    key = centre[:, 0] if order == "left-right" else centre[:, 1]
+    by_score = torch.argsort(scores, descending=True, stable=True)
+    return by_score[torch.argsort(key[by_score], stable=True)]
+
+
+def _clipped_areas(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    x = boxes[:, 0::2].clamp(0, width)
+    y = boxes[:, 1::2].clamp(0, height)
+    return (x[:, 1] - x[:, 0]) * (y[:, 1] - y[:, 0])
+
+
+def _detection_size(height: int, width: int, detect_size: int) -> tuple[int, int]:
+    if detect_size <= 0 or max(height, width) <= detect_size:
+        return height, width
+    s = detect_size / max(height, width)
+    return max(1, round(height * s)), max(1, round(width * s))
+
+
+@torch.inference_mode()
+def detect_faces(detector: RetinaFaceDetector, images: torch.Tensor, *, threshold: float = DEFAULT_THRESHOLD,
+                 min_size: float = 0.0, max_faces: int = 0, selection: str = "all", order: Order = "left-right",
+                 detect_size: int = 640, nms_iou: float = NMS_IOU) -> Detections:
+    """Find faces in an IMAGE batch.
+
+    Args:
+        detector: from :func:`load_detector`.
+        images: ``[B, H, W, C]`` float in [0, 1], C = 1 (gray), 3 (RGB) or 4 (RGBA, alpha ignored), any device.
+        threshold: minimum face probability (default 0.97, as FaceRestoreHelper; RetinaFace's own 0.8 lets
+            in more false positives).
+        min_size: drop faces whose box short side is below this many input pixels (0 keeps all).
+        max_faces: keep at most this many faces per image, the largest ones (0 = no limit).
+        selection: ``"all"``, ``"largest"`` (one face, largest box), ``"center"`` (one face, closest to the
+            image centre) or indices into the ordered list such as ``"0,2"`` (missing indices are skipped).
+        order: ``"left-right"``, ``"top-bottom"`` (box centres), ``"area"`` (largest first) or ``"score"``.
+        detect_size: the network sees a copy whose long side is at most this (0 = full size).
+        nms_iou: overlap above which the weaker of two boxes is suppressed.
+
+    Returns:
+        :class:`Detections` on the CPU, ordered by image then by ``order``.
+    """
+    if order not in ORDERS:
+        raise InputError(f"order {order!r}: use one of {', '.join(ORDERS)}")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise InputError(f"threshold {threshold}: must lie in [0, 1]")
+    if min_size < 0 or max_faces < 0 or detect_size < 0:
+        raise InputError(f"min_size ({min_size}), max_faces ({max_faces}) and detect_size ({detect_size}) "
+                         "must not be negative")
+    chosen = parse_selection(selection)
+    rgb, _ = from_host(images, "detect_faces: images")        # [B, 3, H, W]
+    batch, _, height, width = rgb.shape
+    h, w = _detection_size(height, width, int(detect_size))
+    sx, sy = width / w, height / h
+    param = next(detector.parameters())
+    device = param.device
+    priors = detector.priors(h, w, device)                      # [P, 4]
+    variances = detector.config.variances
+    chunk = max(1, DETECT_PIXELS // (h * w))
+
+    found_b, found_boxes, found_lms, found_scores = [], [], [], []
+    for start in range(0, batch, chunk):
+        x = rgb[start:start + chunk].to(device=device, dtype=torch.float32)
+        if (h, w) != (height, width):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        loc, scores, lms = detector(detector.preprocess(x))     # [n, P, 4], [n, P], [n, P, 10]
+        b_idx, p_idx = torch.nonzero(scores > threshold, as_tuple=True)
+        if b_idx.numel() == 0:
+            continue
+        boxes = decode_boxes(loc[b_idx, p_idx].float(), priors[p_idx], variances)
+        points = decode_landmarks(lms[b_idx, p_idx].float(), priors[p_idx], variances)
+        scale = torch.tensor([sx, sy], device=device, dtype=torch.float32)
+        found_b.append(b_idx + start)
+        found_boxes.append(boxes * scale.repeat(2))
+        found_lms.append(points * scale)
+        found_scores.append(scores[b_idx, p_idx].float())
+    if not found_b:
+        return Detections.empty(batch, (height, width))
+
+    from torchvision.ops import batched_nms
+
+    b_all = torch.cat(found_b)
+    boxes_all = torch.cat(found_boxes)
+    scores_all = torch.cat(found_scores)
+    keep = batched_nms(boxes_all, scores_all, b_all, nms_iou)   # sorted by decreasing score
+    b_all, boxes_all, scores_all = b_all[keep].cpu(), boxes_all[keep].cpu(), scores_all[keep].cpu()
+    lms_all = torch.cat(found_lms)[keep].cpu()
+
+    out_index: list[torch.Tensor] = []
+    out_order: list[torch.Tensor] = []
+    for b in range(batch):
+        idx = torch.nonzero(b_all == b, as_tuple=True)[0]
+        if idx.numel() == 0:
+            continue
+        boxes = boxes_all[idx]
+        sizes = (boxes[:, 2:] - boxes[:, :2]).min(dim=1).values
+        ok = sizes >= min_size
+        idx, boxes = idx[ok], boxes[ok]
+        if idx.numel() == 0:
+            continue
+        areas = _clipped_areas(boxes, height, width)
+        perm = _order_keys(boxes, scores_all[idx], areas, order)
+        idx, boxes, areas = idx[perm], boxes[perm], areas[perm]
+        positions = torch.arange(idx.numel())
+        if chosen == "largest":
+            pick = torch.argmax(areas).view(1)
+        elif chosen == "center":
+            centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+            target = torch.tensor([width / 2, height / 2])
+            pick = torch.argmin(((centre - target) ** 2).sum(dim=1)).view(1)
+        elif isinstance(chosen, list):
+            valid = [i for i in dict.fromkeys(chosen) if i < idx.numel()]
+            if len(valid) < len(chosen):
+                log.debug("image %d has %d faces; selection %s skips the missing indices", b, idx.numel(), chosen)
+            pick = torch.tensor(sorted(valid), dtype=torch.long)
+        else:
+            pick = positions
+        if max_faces and pick.numel() > max_faces:
+            largest = torch.argsort(areas[pick], descending=True, stable=True)[:max_faces]
+            pick = pick[torch.sort(largest).values]
+        out_index.append(idx[pick])
+        out_order.append(positions[pick])
+    if not out_index:
+        return Detections.empty(batch, (height, width))
+    sel = torch.cat(out_index)
+    return Detections(b_all[sel].long(), boxes_all[sel].float(), lms_all[sel].float(), scores_all[sel].float(),
+                      torch.cat(out_order).long(), batch, (height, width))

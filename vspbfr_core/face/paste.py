@@ -1,0 +1,338 @@
+"""Paste restored face crops back into their images: inverse warp, soft mask, colour match, blend.
+
+Pipeline step 8 (style guide section 6).  For each face the inverse similarity transform is sampled
+only over the face's own region of the (optionally upscaled) output, with ``affine_grid`` /
+``grid_sample`` batched over faces of similar size, on the images' device.  The soft mask is evaluated
+analytically in crop coordinates, so it has the same shape at every face size and never reaches past
+the crop:
+
+* ``"square"``: the crop square with a smooth (C2 "smootherstep") ramp of width ``feather`` along its
+  four sides; with ``feather=0.1`` this matches the look of FaceRestoreHelper's eroded-and-blurred
+  square mask (ramp from the crop border to a tenth of the crop side).
+* ``"ellipse"``: an upright ellipse around the FFHQ face (0.42 x 0.49 of the crop side in semi-axes),
+  with the ramp of width ``feather`` inside its boundary; background and hair corners stay original.
+
+``feather`` is a fraction of the crop side (0 = hard edge, 0.1 default, at most 0.45).  The mask is 0
+one crop pixel inside the crop border, so the zero padding beyond the crop is never blended in.
+
+By default (``keep_detail``) what is warped back is the change ``restored - original crop``, added to
+the original: bilinear warping there and back is not lossless (sharp edges lose up to ~40/255), so
+pasting the crop itself would blur the original wherever the restorer changed nothing, and an
+unmodified crop would not paste back exactly.  With the change pasted, it does, bit for bit.
+
+Overlapping faces are composited one after another in detection order (later faces on top, each with
+its own alpha); the returned mask is the union ``1 - prod(1 - m_k)`` of the face masks (without the
+``visibility`` factor).  Pixels whose mask is 0 are returned bit-identical (upscale 1).
+
+Colour correction happens in crop space against the aligned original crop: ``"meanstd"`` matches
+per-channel mean and standard deviation in CIE Lab (per channel in the native space for non-RGB
+images), weighted by the ellipse mask so the background does not count; ``"wavelet"`` replaces the
+restored face's low frequencies (a blur of about 1/64 of the crop side) by the original's, keeping
+the restored detail.  Both are the identity when the restored crop equals the original.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..image import check_bchw
+from .align import AlignedFaces, _to3x3, normalized_to_pixel, pixel_to_normalized
+
+__all__ = ["paste_faces", "face_mask", "mask_from_crop_coords", "color_correct", "rgb_to_lab", "lab_to_rgb"]
+
+MaskShape = Literal["square", "ellipse"]
+ColorCorrection = Literal["meanstd", "wavelet"]
+
+ELLIPSE_AXES = (0.42, 0.49)      # semi-axes (x, y) of the ellipse mask, fraction of the crop side
+ELLIPSE_CENTRE = (0.5, 0.5)      # centre of the ellipse mask, fraction of the crop side
+STD_RATIO_LIMITS = (0.5, 2.0)    # "meanstd" never scales a channel's contrast beyond these factors
+GROUP_WASTE = 2.0                # faces are warped together while padding costs at most this factor
+
+
+#----------------------------------------------------------------------------
+# Masks
+
+
+def _smootherstep(t: torch.Tensor) -> torch.Tensor:
+    t = t.clamp(0.0, 1.0)
+    return t * t * t * (t * (t * 6.0 - 15.0) + 10.0)
+
+
+def mask_from_crop_coords(fx: torch.Tensor, fy: torch.Tensor, crop_size: int, shape: MaskShape = "square",
+                          feather: float = 0.1) -> torch.Tensor:
+    """Soft mask at crop positions given as fractions of the crop side (0 and 1 are the outer edges)."""
+    margin = 1.0 / crop_size
+    if shape == "square":
+        if feather <= 0:
+            inside = (fx >= margin) & (fx <= 1 - margin) & (fy >= margin) & (fy <= 1 - margin)
+            return inside.to(fx.dtype)
+        dx = torch.minimum(fx, 1.0 - fx) - margin
+        dy = torch.minimum(fy, 1.0 - fy) - margin
+        return _smootherstep(dx / feather) * _smootherstep(dy / feather)
+    ax, ay = ELLIPSE_AXES
+    rx, ry = (fx - ELLIPSE_CENTRE[0]) / ax, (fy - ELLIPSE_CENTRE[1]) / ay
+    depth = (1.0 - torch.sqrt(rx * rx + ry * ry)) * min(ax, ay)     # approximate distance inside the boundary
+    if feather <= 0:
+        return (depth >= 0).to(fx.dtype)
+    return _smootherstep(depth / feather)
+
+
+def face_mask(size: int = 512, shape: MaskShape = "square", feather: float = 0.1, *,
+              dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The soft paste mask ``[size, size]`` in crop space (1 = restored face, 0 = original)."""
+    _check_mask_args(shape, feather)
+    f = (torch.arange(size, dtype=torch.float64, device=device) + 0.5) / size
+    return mask_from_crop_coords(f.view(1, -1), f.view(-1, 1), size, shape, feather).to(dtype)
+
+
+def _check_mask_args(shape: str, feather: float) -> None:
+    if shape not in ("square", "ellipse"):
+        raise InputError(f"mask_shape {shape!r}: use 'square' or 'ellipse'")
+    if not 0.0 <= float(feather) <= 0.45:
+        raise InputError(f"feather {feather}: must lie in [0, 0.45] (a fraction of the face crop side)")
+
+
+#----------------------------------------------------------------------------
+# Colour correction
+
+
+def _srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x <= 0.04045, x / 12.92, ((x.clamp(min=0.0) + 0.055) / 1.055) ** 2.4)
+
+
+def _linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x.clamp(min=0.0031308) ** (1.0 / 2.4) - 0.055)
+
+
+_RGB_TO_XYZ = ((0.4124564, 0.3575761, 0.1804375),
+               (0.2126729, 0.7151522, 0.0721750),
+               (0.0193339, 0.1191920, 0.9503041))
+_WHITE_D65 = (0.95047, 1.0, 1.08883)
+
+
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB ``[N, 3, H, W]`` in [0, 1] -> CIE Lab (D65; L in 0..100)."""
+    m = torch.tensor(_RGB_TO_XYZ, dtype=rgb.dtype, device=rgb.device)
+    xyz = torch.einsum("ij,njhw->nihw", m, _srgb_to_linear(rgb))
+    xyz = xyz / torch.tensor(_WHITE_D65, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    eps = 216.0 / 24389.0
+    f = torch.where(xyz > eps, xyz.clamp(min=eps) ** (1.0 / 3.0), (24389.0 / 27.0 * xyz + 16.0) / 116.0)
+    fx, fy, fz = f.unbind(1)
+    return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1)
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_lab` (not clamped)."""
+    L, a, b = lab.unbind(1)
+    fy = (L + 16.0) / 116.0
+    f = torch.stack([fy + a / 500.0, fy, fy - b / 200.0], dim=1)
+    eps = 6.0 / 29.0
+    xyz = torch.where(f > eps, f ** 3, (116.0 * f - 16.0) * (27.0 / 24389.0))
+    xyz = xyz * torch.tensor(_WHITE_D65, dtype=lab.dtype, device=lab.device).view(1, 3, 1, 1)
+    m_inv = torch.linalg.inv(torch.tensor(_RGB_TO_XYZ, dtype=torch.float64)).to(dtype=lab.dtype, device=lab.device)
+    return _linear_to_srgb(torch.einsum("ij,njhw->nihw", m_inv, xyz))
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).to(dtype=x.dtype, device=x.device)
+    n, c, h, w = x.shape
+    y = x.reshape(n * c, 1, h, w)
+    pad_w, pad_h = min(radius, w - 1), min(radius, h - 1)
+    if pad_w > 0:
+        y = F.pad(y, (pad_w, pad_w, 0, 0), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1), padding=(0, radius - pad_w) if pad_w < radius else 0)
+    if pad_h > 0:
+        y = F.pad(y, (0, 0, pad_h, pad_h), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, -1, 1), padding=(radius - pad_h, 0) if pad_h < radius else 0)
+    return y.reshape(n, c, h, w)
+
+
+def _low_pass(x: torch.Tensor) -> torch.Tensor:
+    """A smooth blur of about size/64 sigma, computed on a 4x smaller copy (cheap at any crop size)."""
+    size = x.shape[-1]
+    factor = 4 if size >= 64 else 1
+    small = F.avg_pool2d(x, factor) if factor > 1 else x
+    small = _gaussian_blur(small, max(size / 64.0 / factor, 0.5))
+    if factor > 1:
+        small = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return small
+
+
+def color_correct(restored: torch.Tensor, original: torch.Tensor, method: ColorCorrection = "meanstd"
+                  ) -> torch.Tensor:
+    """Match the colours of ``restored`` crops ``[F, C, S, S]`` to ``original`` crops of the same shape."""
+    if method == "wavelet":
+        return (restored - _low_pass(restored) + _low_pass(original)).clamp(0.0, 1.0)
+    if method != "meanstd":
+        raise InputError(f"color_correction {method!r}: use None, 'meanstd' or 'wavelet'")
+    size = restored.shape[-1]
+    weight = face_mask(size, "ellipse", 0.1, dtype=restored.dtype, device=restored.device)
+    weight = (weight / weight.sum()).view(1, 1, size, size)
+    lab = restored.shape[1] == 3
+    src = rgb_to_lab(restored) if lab else restored
+    ref = rgb_to_lab(original) if lab else original
+    mu_s, mu_r = (src * weight).sum(dim=(2, 3), keepdim=True), (ref * weight).sum(dim=(2, 3), keepdim=True)
+    sd_s = (((src - mu_s) ** 2) * weight).sum(dim=(2, 3), keepdim=True).sqrt()
+    sd_r = (((ref - mu_r) ** 2) * weight).sum(dim=(2, 3), keepdim=True).sqrt()
+    ratio = (sd_r / sd_s.clamp(min=1e-6)).clamp(*STD_RATIO_LIMITS)
+    ratio = torch.where(sd_s > 1e-6, ratio, torch.ones_like(ratio))
+    out = (src - mu_s) * ratio + mu_r
+    return (lab_to_rgb(out) if lab else out).clamp(0.0, 1.0)
+
+
+#----------------------------------------------------------------------------
+# Paste
+
+
+def _group_faces(areas: list[int]) -> list[list[int]]:
+    """Faces of similar region size, so one padded ``grid_sample`` per group wastes little."""
+    order = sorted(range(len(areas)), key=lambda k: -areas[k])
+    groups: list[list[int]] = []
+    for k in order:
+        if groups and areas[groups[-1][0]] * (len(groups[-1]) + 1) <= GROUP_WASTE * (
+                sum(areas[j] for j in groups[-1]) + areas[k]):
+            groups[-1].append(k)
+        else:
+            groups.append([k])
+    return groups
+
+
+def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFaces, *, visibility: float = 1.0,
+                mask_shape: MaskShape = "square", feather: float = 0.1,
+                color_correction: ColorCorrection | None = None, upscale: float = 1.0, keep_detail: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend restored face crops into their images.
+
+    Args:
+        images: the original batch ``[B, C, H, W]`` float in [0, 1] (the one given to ``align_faces``).
+        restored: ``[F, C, R, R]`` float in [0, 1], one per aligned face, same order; R may differ from
+            ``aligned.size`` (e.g. a restorer that doubles the resolution).
+        aligned: from :func:`~vspbfr_core.face.align_faces`.
+        visibility: 0 keeps the original face, 1 the restored one; in between blends the two.
+        mask_shape: ``"square"`` or ``"ellipse"`` (see the module docstring).
+        feather: width of the soft edge as a fraction of the crop side (0 = hard edge; default 0.1).
+        color_correction: ``None``, ``"meanstd"`` or ``"wavelet"`` (against the aligned original crop).
+        upscale: output size factor; the background is resized (bicubic) and faces are pasted at
+            the new scale, so a larger ``R`` keeps its detail.
+        keep_detail: paste the *change* ``restored - original crop`` (warped back) onto the original
+            instead of the restored crop itself.  The two differ only by what the crop cannot carry:
+            the resampling loss of the two bilinear warps (up to ~40/255 at sharp edges) and, for faces
+            larger than the crop, the original's detail finer than the crop's pixels.  With it an
+            unmodified crop pastes back bit-exactly; set False to paste the restored pixels as they are.
+
+    Returns:
+        ``(images [B, C, H', W'], mask [B, H', W'])`` with ``H' = round(H * upscale)``; the mask is the
+        pasted area in [0, 1].  Images without faces come back unchanged (resized) with a zero mask.
+    """
+    images = check_bchw(images, "paste_faces: images")
+    batch, channels, height, width = images.shape
+    if not isinstance(aligned, AlignedFaces):
+        raise InputError(f"paste_faces: expected AlignedFaces from align_faces, got {type(aligned).__name__}")
+    if aligned.num_images and aligned.num_images != batch:
+        raise InputError(f"paste_faces: the faces were aligned from a batch of {aligned.num_images} images, "
+                         f"but {batch} images were given")
+    if aligned.image_size != (0, 0) and tuple(aligned.image_size) != (height, width):
+        raise InputError(f"paste_faces: the faces were aligned from {aligned.image_size[0]}x"
+                         f"{aligned.image_size[1]} images, but the images are {height}x{width}")
+    count = len(aligned)
+    if count:
+        restored = check_bchw(restored, "paste_faces: restored", channels=(channels,))
+        if restored.shape[0] != count or restored.shape[-1] != restored.shape[-2]:
+            raise InputError(f"paste_faces: restored must be [{count}, {channels}, R, R] (one square crop per "
+                             f"aligned face), got {tuple(restored.shape)}")
+    if not 0.0 <= float(visibility) <= 1.0:
+        raise InputError(f"paste_faces: visibility {visibility} must lie in [0, 1]")
+    _check_mask_args(mask_shape, feather)
+    if color_correction not in (None, "meanstd", "wavelet"):
+        raise InputError(f"paste_faces: color_correction {color_correction!r}: use None, 'meanstd' or 'wavelet'")
+    if not 0.0 < float(upscale) <= 16.0:
+        raise InputError(f"paste_faces: upscale {upscale} must lie in (0, 16]")
+
+    device, dtype = images.device, images.dtype
+    out_h, out_w = max(1, round(height * upscale)), max(1, round(width * upscale))
+    if (out_h, out_w) == (height, width):
+        out = images.clone()
+    else:
+        antialias = out_h < height or out_w < width
+        out = F.interpolate(images, size=(out_h, out_w), mode="bicubic", align_corners=False,
+                            antialias=antialias).clamp_(0.0, 1.0)
+    mask = images.new_zeros(batch, out_h, out_w)
+    if count == 0 or float(visibility) == 0.0:
+        return out, mask
+
+    work = dtype if dtype in (torch.float32, torch.float64) or device.type != "cpu" else torch.float32
+    res = int(restored.shape[-1])
+    faces = restored.to(device=device, dtype=work)
+    if color_correction is not None or keep_detail:
+        original = aligned.crops.to(device=device, dtype=work)
+        if original.shape[-1] != res:
+            original = F.interpolate(original, size=(res, res), mode="bilinear", align_corners=False,
+                                     antialias=original.shape[-1] > res)
+        if color_correction is not None:
+            faces = color_correct(faces, original, color_correction)
+        if keep_detail:
+            faces = faces - original                 # [F, C, R, R] the restoration's change
+    base = out.clone() if keep_detail else out        # the (resized) original the changes apply to
+
+    # output pixel -> input pixel -> crop pixel (aligned.size) -> restored pixel (res), all pixel centres
+    f64 = torch.float64
+    up = torch.tensor([[width / out_w, 0.0, 0.5 * width / out_w - 0.5],
+                       [0.0, height / out_h, 0.5 * height / out_h - 0.5],
+                       [0.0, 0.0, 1.0]], dtype=f64, device=device)
+    s = res / aligned.size
+    to_res = torch.tensor([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5], [0.0, 0.0, 1.0]], dtype=f64,
+                          device=device)
+    out_to_res = to_res @ _to3x3(aligned.affine.to(device=device, dtype=f64)) @ up           # [F, 3, 3]
+    res_to_out = torch.linalg.inv(out_to_res)
+
+    # each face's region of the output: bounding box of its crop square, clipped to the image
+    corners = torch.tensor([[-0.5, -0.5, 1.0], [res - 0.5, -0.5, 1.0], [-0.5, res - 0.5, 1.0],
+                            [res - 0.5, res - 0.5, 1.0]], dtype=f64, device=device)
+    pts = (res_to_out[:, :2] @ corners.T).transpose(1, 2)                                    # [F, 4, 2]
+    lo = torch.floor(pts.min(dim=1).values + 0.5).clamp(min=0)
+    hi = torch.ceil(pts.max(dim=1).values + 0.5)
+    hi = torch.minimum(hi, torch.tensor([out_w, out_h], dtype=f64, device=device))
+    boxes = torch.cat([lo, hi], dim=1).long().tolist()                                       # x0, y0, x1, y1
+    areas = [max(0, x1 - x0) * max(0, y1 - y0) for x0, y0, x1, y1 in boxes]
+    visible = [k for k in range(count) if areas[k] > 0]
+
+    warped: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for group in _group_faces([areas[k] for k in visible]):
+        idx = [visible[g] for g in group]
+        rh = max(boxes[k][3] - boxes[k][1] for k in idx)
+        rw = max(boxes[k][2] - boxes[k][0] for k in idx)
+        shift = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=f64, device=device)
+        shift = shift.repeat(len(idx), 1, 1)
+        shift[:, 0, 2] = torch.tensor([boxes[k][0] for k in idx], dtype=f64, device=device)
+        shift[:, 1, 2] = torch.tensor([boxes[k][1] for k in idx], dtype=f64, device=device)
+        # region normalised -> region pixel -> output pixel -> restored pixel -> restored normalised
+        theta = (pixel_to_normalized(res, res, device=device) @ out_to_res[idx] @ shift
+                 @ normalized_to_pixel(rh, rw, device=device))[:, :2]
+        grid = F.affine_grid(theta.to(work), [len(idx), channels, rh, rw], align_corners=False)  # [G, rh, rw, 2]
+        sampled = F.grid_sample(faces[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        alpha = mask_from_crop_coords((grid[..., 0] + 1) / 2, (grid[..., 1] + 1) / 2, res, mask_shape,
+                                      float(feather))                                      # [G, rh, rw]
+        for j, k in enumerate(idx):
+            x0, y0, x1, y1 = boxes[k]
+            warped[k] = (sampled[j, :, :y1 - y0, :x1 - x0], alpha[j, :y1 - y0, :x1 - x0])
+
+    image_index = aligned.image_index.tolist()
+    for k in visible:                                  # detection order: later faces on top
+        b = image_index[k]
+        x0, y0, x1, y1 = boxes[k]
+        face, alpha = warped[k]
+        region = out[b, :, y0:y1, x0:x1].to(work)
+        target = base[b, :, y0:y1, x0:x1].to(work) + face if keep_detail else face
+        blend = (alpha * float(visibility)).to(work).unsqueeze(0)
+        out[b, :, y0:y1, x0:x1] = torch.lerp(region, target, blend).to(dtype)
+        m = mask[b, y0:y1, x0:x1]
+        a = alpha.to(dtype)
+        mask[b, y0:y1, x0:x1] = m + a - m * a
+    return out.clamp_(0.0, 1.0), mask
