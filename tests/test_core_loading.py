@@ -11,17 +11,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vspbfr_core.checkpoints import OFFICIAL_FILES, convert_checkpoint, detect_kind, load_checkpoint, read_checkpoint
-from vspbfr_core.encoder import StyleEncoder, StyleEncoderConfig
+from vspbfr_core.encoder import StyleEncoder
 from vspbfr_core.errors import CheckpointError, ModelNotFoundError, UnsafeCheckpointError
-from vspbfr_core.restorer import RestorationConfig, RestorationNet
-from vspbfr_core.stylegan2 import StyleGAN2Config, StyleGAN2Synthesis
-from vspbfr_core.wplus_diffusion import CodeDiffuser, CodeDiffuserConfig
+from vspbfr_core.restorer import RestorationNet
+from vspbfr_core.stylegan2 import StyleGAN2Synthesis
+from vspbfr_core.wplus_diffusion import CodeDiffuser
 
-TINY_ENC = StyleEncoderConfig(num_ws=6, w_dim=16, widths=(16, 32, 48, 64), units=(1, 2, 1, 1), coarse_ws=2,
-                              middle_ws=4, input_resolution=32)
-TINY_SG = StyleGAN2Config(resolution=16, w_dim=16, channel_base=256, channel_max=16)
-TINY_CD = CodeDiffuserConfig(w_dim=16, num_blocks=2)
-TINY_RN = RestorationConfig(resolution=16, w_dim=16, n_mlp=2, channel_base=256, channel_max=16, global_dim=32)
+from tiny_models import TINY_CODE_DIFFUSER as TINY_CD
+from tiny_models import TINY_ENCODER as TINY_ENC
+from tiny_models import TINY_RESTORATION as TINY_RN
+from tiny_models import TINY_STYLEGAN as TINY_SG
 
 
 def _randomize(net: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -215,3 +214,11 @@ def test_convert_cli(tiny_files: dict[str, Path], tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["code_diffuser.safetensors", "restoration_net.safetensors",
                                                       "style_encoder_decoder.safetensors"]
     assert main(["convert", str(tmp_path / "missing.pt"), "-o", str(out)]) == 1
+
+
+def test_garbage_legacy_and_zip_bytes_are_checkpoint_errors(tmp_path: Path) -> None:
+    for i, data in enumerate((b"\x80\x02garbage-not-a-pickle", b"PK\x03\x04" + b"\x00" * 40, b"")):
+        p = tmp_path / f"junk{i}.pt"
+        p.write_bytes(data)
+        with pytest.raises(CheckpointError):
+            load_checkpoint(p)

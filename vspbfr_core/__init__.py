@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "VSPBFRError": ".errors", "CheckpointError": ".errors", "UnsafeCheckpointError": ".errors",
     "UnsupportedDtypeError": ".errors", "InputError": ".errors", "ModelNotFoundError": ".errors",
+    "DownloadError": ".errors",
     "StyleEncoder": ".encoder", "StyleEncoderConfig": ".encoder",
     "StyleGAN2Synthesis": ".stylegan2", "StyleGAN2Config": ".stylegan2",
     "CodeDiffuser": ".wplus_diffusion", "CodeDiffuserConfig": ".wplus_diffusion", "DDPMSchedule": ".wplus_diffusion",
@@ -22,6 +23,8 @@ _EXPORTS = {
     "VSPBFRModel": ".model", "RestoreNoise": ".model",
     "load_checkpoint": ".checkpoints", "convert_checkpoint": ".checkpoints", "read_checkpoint": ".checkpoints",
     "make_generator": ".rng",
+    "VSPBFRPipeline": ".pipeline", "RestoreOptions": ".pipeline", "RestoreResult": ".pipeline",
+    "load_pipeline": ".pipeline",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -115,11 +115,15 @@ def _torch_load(path: Path) -> Any:
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
         match = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        name = match.group(1) if match else "an object"
+        if match is None and "weights_only" not in str(exc).lower():
+            raise CheckpointError(f"{path}: cannot unpickle this file ({exc}). It is probably truncated or corrupt: "
+                                  "download it again (vspbfr download).") from exc
+        name = match.group(1) if match else "an object outside the allow-list"
         raise UnsafeCheckpointError(
             f"{path}: refused to load, the pickle needs {name}, which is not on the data-only allow-list. "
             "Loading it could run code.") from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # any other failure of the restricted unpickler means a damaged file
+
         raise CheckpointError(
             f"{path}: cannot read this file as a PyTorch checkpoint ({type(exc).__name__}: {exc}). It is probably "
             "truncated or corrupt: download it again (vspbfr download).") from exc
