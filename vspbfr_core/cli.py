@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     ".commands.download",
     ".commands.info",
     ".commands.restore",
+    ".commands.faces",
 )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 _EXPORTS = {
     "DETECTOR_FILES": ".detect", "DETECTOR_URLS": ".detect", "DEFAULT_THRESHOLD": ".detect",
     "Detections": ".detect", "load_detector": ".detect", "load_detector_file": ".detect",
-    "find_detector_file": ".detect", "download_detector": ".detect", "detect_faces": ".detect",
+    "find_detector_file": ".detect", "detect_faces": ".detect", "DETECTOR_ALIASES": ".detect",
     "RetinaFaceDetector": ".retinaface", "RetinaFaceConfig": ".retinaface",
     "FFHQ_TEMPLATE_512": ".align", "AlignedFaces": ".align", "align_faces": ".align",
     "face_template": ".align", "estimate_similarity": ".align",

@@ -15,16 +15,13 @@ size F with an ``image_index`` map.  Steps of :func:`detect_faces`:
    still in order.
 
 Weights are never downloaded implicitly: :func:`load_detector` only reads files the caller's folders
-hold, and :func:`download_detector` is the one explicit way to fetch them.
+hold; fetching them is the explicit job of :mod:`vspbfr_core.download` (``vspbfr download``).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import tempfile
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,8 +34,8 @@ from ..image import from_host
 from .retinaface import MOBILENET_025, RESNET50, RetinaFaceConfig, RetinaFaceDetector, decode_boxes, decode_landmarks
 
 __all__ = [
-    "DETECTOR_FILES", "DETECTOR_URLS", "DETECTOR_SHA256", "DEFAULT_THRESHOLD", "NMS_IOU", "Detections",
-    "find_detector_file", "load_detector", "load_detector_file", "download_detector", "detect_faces", "parse_selection",
+    "DETECTOR_FILES", "DETECTOR_URLS", "DETECTOR_ALIASES", "DEFAULT_THRESHOLD", "NMS_IOU", "Detections",
+    "find_detector_file", "canonical_detector_name", "load_detector", "load_detector_file", "detect_faces", "parse_selection",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,9 +50,9 @@ DETECTOR_CONFIGS: dict[str, RetinaFaceConfig] = {
 }
 _RELEASE = "https://github.com/xinntao/facexlib/releases/download/v0.1.0/"
 DETECTOR_URLS: dict[str, str] = {name: _RELEASE + file for name, file in DETECTOR_FILES.items()}
-DETECTOR_SHA256: dict[str, str] = {
-    "retinaface_resnet50": "6d1de9c2944f2ccddca5f5e010ea5ae64a39845a86311af6fdf30841b0a5a16d",
-    "retinaface_mobile0.25": "2979b33ffafda5d74b6948cd7a5b9a7a62f62b949cef24e95fd15d2883a65220",
+DETECTOR_ALIASES: dict[str, str] = {      # the short names of ``vspbfr download --detector``
+    "resnet50": "retinaface_resnet50",
+    "mobile0.25": "retinaface_mobile0.25",
 }
 
 DEFAULT_THRESHOLD = 0.97     # FaceRestoreHelper's detection threshold (GFPGAN / CodeFormer behaviour)
@@ -153,9 +150,12 @@ def _dir_list(model_dir: ModelDirs) -> list[Path]:
     return [Path(d) for d in model_dir]
 
 
-def _check_name(name: str) -> str:
+def canonical_detector_name(name: str) -> str:
+    """facexlib's detector name for ``name`` (also accepts ``resnet50`` / ``mobile0.25``)."""
+    name = DETECTOR_ALIASES.get(name, name)
     if name not in DETECTOR_FILES:
-        raise InputError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTOR_FILES)}")
+        raise InputError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTOR_FILES)} "
+                         f"(or {', '.join(DETECTOR_ALIASES)})")
     return name
 
 
@@ -165,17 +165,20 @@ def find_detector_file(name: str, model_dir: ModelDirs) -> Path:
     A ``.safetensors`` file with the same stem is preferred over the ``.pth`` in the same folder.
     Raises :class:`ModelNotFoundError` naming the file, the folders searched and where to get it.
     """
-    file = DETECTOR_FILES[_check_name(name)]
+    name = canonical_detector_name(name)
+    file = DETECTOR_FILES[name]
     dirs = _dir_list(model_dir)
     for d in dirs:
         for candidate in (d / (Path(file).stem + ".safetensors"), d / file):
             if candidate.is_file():
                 return candidate
     searched = ", ".join(str(d) for d in dirs) or "(no folder given)"
+    short = {v: k for k, v in DETECTOR_ALIASES.items()}[name]
     raise ModelNotFoundError(
         f"face detector weights {file} not found in {searched}. Download {DETECTOR_URLS[name]} "
-        f"(facexlib release v0.1.0) into one of those folders, or run `vspbfr download --detector {name}`, "
-        "which fetches and checks it. Nothing is downloaded automatically.")
+        f"(facexlib release v0.1.0) into one of those folders, or run "
+        f"`vspbfr download --only detector --detector {short} --to FOLDER`, which fetches and checks it. "
+        "Nothing is downloaded automatically.")
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -205,7 +208,8 @@ def load_detector(name: str, model_dir: ModelDirs, device: torch.device | str = 
     """Build detector ``name`` and load its released weights strictly; eval mode, no gradients.
 
     Args:
-        name: ``"retinaface_resnet50"`` or ``"retinaface_mobile0.25"`` (keys of ``DETECTOR_FILES``).
+        name: ``"retinaface_resnet50"`` or ``"retinaface_mobile0.25"`` (keys of ``DETECTOR_FILES``; the
+            short names ``"resnet50"`` / ``"mobile0.25"`` are accepted too).
         model_dir: a folder, or folders searched in order, holding ``DETECTOR_FILES[name]``.
         device: where the network lives (it always runs in float32).
     """
@@ -215,7 +219,7 @@ def load_detector(name: str, model_dir: ModelDirs, device: torch.device | str = 
 def load_detector_file(name: str, path: str | os.PathLike[str], device: torch.device | str = "cpu"
                        ) -> RetinaFaceDetector:
     """Like :func:`load_detector`, for one explicit file."""
-    _check_name(name)
+    name = canonical_detector_name(name)
     path = Path(path)
     sd = _read_state_dict(path)
     with torch.device("meta"):
@@ -239,53 +243,6 @@ def load_detector_file(name: str, path: str | os.PathLike[str], device: torch.de
         raise CheckpointError(f"{path}: tensors left uninitialised after loading: {left[:4]}")
     log.debug("loaded %s from %s", name, path)
     return net.eval().requires_grad_(False).to(device)
-
-
-def download_detector(name: str, model_dir: str | os.PathLike[str], *, url: str | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> Path:
-    """Explicitly fetch detector ``name`` into ``model_dir`` and verify it; returns the file path.
-
-    The only function of the core that touches the network.  The file is written to a temporary
-    name, its sha256 is checked against ``DETECTOR_SHA256`` and it is strictly loaded before it is
-    moved into place.  An existing valid file is kept.  ``progress(done_bytes, total_bytes)`` is
-    called while downloading (total is 0 when the server does not say).
-    """
-    file = DETECTOR_FILES[_check_name(name)]
-    folder = Path(model_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / file
-    if target.is_file() and _sha256(target) == DETECTOR_SHA256[name]:
-        return target
-    source = url or DETECTOR_URLS[name]
-    fd, tmp_name = tempfile.mkstemp(prefix=file + ".", suffix=".part", dir=folder)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(source, timeout=60) as response:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while block := response.read(1 << 20):
-                out.write(block)
-                done += len(block)
-                if progress is not None:
-                    progress(done, total)
-        digest = _sha256(tmp)
-        if digest != DETECTOR_SHA256[name]:
-            raise CheckpointError(f"downloaded {source} but its sha256 is {digest}, expected "
-                                  f"{DETECTOR_SHA256[name]}; the file was discarded (try again)")
-        load_detector_file(name, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    log.info("downloaded %s to %s", name, target)
-    return target
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 #----------------------------------------------------------------------------

@@ -7,13 +7,14 @@ analytically in crop coordinates, so it has the same shape at every face size an
 the crop:
 
 * ``"square"``: the crop square with a smooth (C2 "smootherstep") ramp of width ``feather`` along its
-  four sides; with ``feather=0.1`` this matches the look of FaceRestoreHelper's eroded-and-blurred
-  square mask (ramp from the crop border to a tenth of the crop side).
+  four sides; the default (50 of 512) matches the look of FaceRestoreHelper's eroded-and-blurred
+  square mask (a ramp from the crop border to about a tenth of the crop side).
 * ``"ellipse"``: an upright ellipse around the FFHQ face (0.42 x 0.49 of the crop side in semi-axes),
   with the ramp of width ``feather`` inside its boundary; background and hair corners stay original.
 
-``feather`` is a fraction of the crop side (0 = hard edge, 0.1 default, at most 0.45).  The mask is 0
-one crop pixel inside the crop border, so the zero padding beyond the crop is never blended in.
+``feather`` is measured in pixels of a 512 x 512 crop (scaled with the crop size; 0 = hard edge,
+default 50, at most 230).  The mask is 0 one crop pixel inside the crop border, so the zero padding
+beyond the crop is never blended in.
 
 By default (``keep_detail``) what is warped back is the change ``restored - original crop``, added to
 the original: bilinear warping there and back is not lossless (sharp edges lose up to ~40/255), so
@@ -42,7 +43,7 @@ from ..errors import InputError
 from ..image import check_bchw
 from .align import AlignedFaces, _to3x3, normalized_to_pixel, pixel_to_normalized
 
-__all__ = ["paste_faces", "face_mask", "mask_from_crop_coords", "color_correct", "rgb_to_lab", "lab_to_rgb"]
+__all__ = ["FEATHER_DEFAULT", "paste_faces", "face_mask", "mask_from_crop_coords", "color_correct", "rgb_to_lab", "lab_to_rgb"]
 
 MaskShape = Literal["square", "ellipse"]
 ColorCorrection = Literal["meanstd", "wavelet"]
@@ -50,6 +51,8 @@ ColorCorrection = Literal["meanstd", "wavelet"]
 ELLIPSE_AXES = (0.42, 0.49)      # semi-axes (x, y) of the ellipse mask, fraction of the crop side
 ELLIPSE_CENTRE = (0.5, 0.5)      # centre of the ellipse mask, fraction of the crop side
 STD_RATIO_LIMITS = (0.5, 2.0)    # "meanstd" never scales a channel's contrast beyond these factors
+FEATHER_DEFAULT = 50.0           # soft-edge width in pixels of a 512 crop (FaceRestoreHelper: about 51)
+FEATHER_MAX = 230.0              # wider ramps would not reach 1 anywhere in the crop
 GROUP_WASTE = 2.0                # faces are warped together while padding costs at most this factor
 
 
@@ -63,8 +66,11 @@ def _smootherstep(t: torch.Tensor) -> torch.Tensor:
 
 
 def mask_from_crop_coords(fx: torch.Tensor, fy: torch.Tensor, crop_size: int, shape: MaskShape = "square",
-                          feather: float = 0.1) -> torch.Tensor:
-    """Soft mask at crop positions given as fractions of the crop side (0 and 1 are the outer edges)."""
+                          feather: float = FEATHER_DEFAULT / 512) -> torch.Tensor:
+    """Soft mask at crop positions given as fractions of the crop side (0 and 1 are the outer edges).
+
+    Here ``feather`` is also a fraction of the crop side; ``crop_size`` sets the one-pixel guard band.
+    """
     margin = 1.0 / crop_size
     if shape == "square":
         if feather <= 0:
@@ -81,19 +87,22 @@ def mask_from_crop_coords(fx: torch.Tensor, fy: torch.Tensor, crop_size: int, sh
     return _smootherstep(depth / feather)
 
 
-def face_mask(size: int = 512, shape: MaskShape = "square", feather: float = 0.1, *,
+def face_mask(size: int = 512, shape: MaskShape = "square", feather: float = FEATHER_DEFAULT, *,
               dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The soft paste mask ``[size, size]`` in crop space (1 = restored face, 0 = original)."""
+    """The soft paste mask ``[size, size]`` in crop space (1 = restored face, 0 = original).
+
+    ``feather`` in pixels of a 512 crop, as for :func:`paste_faces`.
+    """
     _check_mask_args(shape, feather)
     f = (torch.arange(size, dtype=torch.float64, device=device) + 0.5) / size
-    return mask_from_crop_coords(f.view(1, -1), f.view(-1, 1), size, shape, feather).to(dtype)
+    return mask_from_crop_coords(f.view(1, -1), f.view(-1, 1), size, shape, feather / 512.0).to(dtype)
 
 
 def _check_mask_args(shape: str, feather: float) -> None:
     if shape not in ("square", "ellipse"):
         raise InputError(f"mask_shape {shape!r}: use 'square' or 'ellipse'")
-    if not 0.0 <= float(feather) <= 0.45:
-        raise InputError(f"feather {feather}: must lie in [0, 0.45] (a fraction of the face crop side)")
+    if not 0.0 <= float(feather) <= FEATHER_MAX:
+        raise InputError(f"feather {feather}: must lie in [0, {FEATHER_MAX:g}] (pixels of a 512 x 512 face crop)")
 
 
 #----------------------------------------------------------------------------
@@ -173,7 +182,7 @@ def color_correct(restored: torch.Tensor, original: torch.Tensor, method: ColorC
     if method != "meanstd":
         raise InputError(f"color_correction {method!r}: use None, 'meanstd' or 'wavelet'")
     size = restored.shape[-1]
-    weight = face_mask(size, "ellipse", 0.1, dtype=restored.dtype, device=restored.device)
+    weight = face_mask(size, "ellipse", FEATHER_DEFAULT, dtype=restored.dtype, device=restored.device)
     weight = (weight / weight.sum()).view(1, 1, size, size)
     lab = restored.shape[1] == 3
     src = rgb_to_lab(restored) if lab else restored
@@ -205,7 +214,7 @@ def _group_faces(areas: list[int]) -> list[list[int]]:
 
 
 def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFaces, *, visibility: float = 1.0,
-                mask_shape: MaskShape = "square", feather: float = 0.1,
+                mask_shape: MaskShape = "square", feather: float = FEATHER_DEFAULT,
                 color_correction: ColorCorrection | None = None, upscale: float = 1.0, keep_detail: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Blend restored face crops into their images.
@@ -217,7 +226,8 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
         aligned: from :func:`~vspbfr_core.face.align_faces`.
         visibility: 0 keeps the original face, 1 the restored one; in between blends the two.
         mask_shape: ``"square"`` or ``"ellipse"`` (see the module docstring).
-        feather: width of the soft edge as a fraction of the crop side (0 = hard edge; default 0.1).
+        feather: width of the soft edge in pixels of a 512 crop (scaled with the crop; 0 = hard edge;
+            default 50, like FaceRestoreHelper's mask).
         color_correction: ``None``, ``"meanstd"`` or ``"wavelet"`` (against the aligned original crop).
         upscale: output size factor; the background is resized (bicubic) and faces are pasted at
             the new scale, so a larger ``R`` keeps its detail.
@@ -318,7 +328,7 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
         grid = F.affine_grid(theta.to(work), [len(idx), channels, rh, rw], align_corners=False)  # [G, rh, rw, 2]
         sampled = F.grid_sample(faces[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         alpha = mask_from_crop_coords((grid[..., 0] + 1) / 2, (grid[..., 1] + 1) / 2, res, mask_shape,
-                                      float(feather))                                      # [G, rh, rw]
+                                      float(feather) / 512.0)                                      # [G, rh, rw]
         for j, k in enumerate(idx):
             x0, y0, x1, y1 = boxes[k]
             warped[k] = (sampled[j, :, :y1 - y0, :x1 - x0], alpha[j, :y1 - y0, :x1 - x0])
@@ -335,4 +345,4 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
         m = mask[b, y0:y1, x0:x1]
         a = alpha.to(dtype)
         mask[b, y0:y1, x0:x1] = m + a - m * a
-    return out.clamp_(0.0, 1.0), mask
+    return out.clamp_(0.0, 1.0), mask.clamp_(0.0, 1.0)
