@@ -196,7 +196,17 @@ class VSPBFRPipeline:
                                       order=o.order, detect_size=o.detect_size)
         if o.threshold is not None:
             kwargs["threshold"] = o.threshold
-        return detect_faces(self.detector, images.to(self.device), **kwargs)
+        images = images.to(self.device)
+        if images.shape[0] == 1:
+            return detect_faces(self.detector, images, **kwargs)
+        # One image at a time: batched convolutions may round differently, and a landmark that moves by
+        # 1e-5 px changes the aligned crop, so an image would restore differently in another batch.
+        parts = [detect_faces(self.detector, images[i:i + 1], **kwargs) for i in range(images.shape[0])]
+        first = parts[0]
+        return type(first)(torch.cat([p.image_index + i for i, p in enumerate(parts)]),
+                           torch.cat([p.boxes for p in parts]), torch.cat([p.landmarks for p in parts]),
+                           torch.cat([p.scores for p in parts]), torch.cat([p.order_index for p in parts]),
+                           images.shape[0], first.image_size)
 
     def align(self, images_bchw: torch.Tensor, detections: Any) -> Any:
         from .face import align_faces
