@@ -1,0 +1,91 @@
+"""VSPBFRDetectFaces (IMAGE or LATENT -> faces, aligned crops) and VSPBFRPasteFaces (crops -> IMAGE)."""
+from __future__ import annotations
+
+from . import comfy_host as host
+from . import ops
+
+IMAGE_INPUTS = {
+    "image": ("IMAGE", {"tooltip": "The images (or video frames) to work on. Leave it unconnected to use LATENT + VAE."}),
+    "latent": ("LATENT", {"tooltip": "Instead of an IMAGE: a latent, decoded with the VAE input."}),
+    "vae": ("VAE", {"tooltip": "The VAE that decodes the LATENT input (and encodes the LATENT output)."}),
+}
+DETECTOR = (list(ops.DETECTORS), {"default": "retinaface_resnet50", "tooltip": "RetinaFace backbone. Weights are "
+            "looked up in models/facedetection, models/facexlib, then models/vspbfr; never downloaded."})
+SELECTION = ("STRING", {"default": "all", "tooltip": "Which faces: all, largest, center, or face indices such as "
+             "0,2 (numbers as drawn on the detect preview, in the chosen order)."})
+
+
+class VSPBFRDetectFaces:
+    DESCRIPTION = ("Finds faces with RetinaFace in each image of the batch, selects and orders them, and cuts out "
+                   "FFHQ-aligned crops. Any IMAGE node may process the crops before they are pasted back. No face: "
+                   "count 0, one black crop, and paste returns the images unchanged.")
+    CATEGORY = "VSPBFR"
+    RETURN_TYPES = ("VSPBFR_FACES", "IMAGE", "MASK", "INT", "IMAGE")
+    RETURN_NAMES = ("faces", "crops", "crop_masks", "count", "image")
+    OUTPUT_TOOLTIPS = ("Where each face is and how it was aligned (for the paste node).",
+                       "Aligned face crops [faces, size, size, 3], all frames' faces in order.",
+                       "Soft face masks in crop space, one per crop.", "Number of faces found in the whole batch.",
+                       "The images the faces were found in (the decoded LATENT when one was given).")
+    FUNCTION = "detect"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "facedetection": DETECTOR,
+            "threshold": ("FLOAT", {"default": ops.DEFAULT_THRESHOLD, "min": 0.0, "max": 1.0, "step": 0.01,
+                                    "tooltip": "Minimum face score; lower finds more (and more false) faces."}),
+            "min_size": ("INT", {"default": 0, "min": 0, "max": 8192, "tooltip": "Ignore faces whose box is "
+                                 "smaller than this many pixels on its short side (0: keep all)."}),
+            "max_faces": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "At most this many faces per "
+                                  "image, the largest ones (0: no limit)."}),
+            "selection": SELECTION,
+            "order": (list(ops.ORDERS), {"default": "left-right", "tooltip": "How faces are numbered in each "
+                                         "image (the indices used by selection)."}),
+            "face_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "Side of the "
+                                  "aligned crops; 512 is the VSPBFR networks' own size."}),
+        }, "optional": dict(IMAGE_INPUTS)}
+
+    def detect(self, facedetection, threshold, min_size, max_faces, selection, order, face_size,
+               image=None, latent=None, vae=None):
+        images = ops.input_images(image, latent, vae)
+        faces = ops.find_faces(images, facedetection, threshold=threshold, min_size=min_size, max_faces=max_faces,
+                               selection=selection, order=order, size=face_size, callback=host.Progress())
+        crops, masks = ops.crops_output(faces)
+        return {"ui": ops.detect_preview(images, faces), "result": (faces, crops, masks, len(faces), images)}
+
+
+class VSPBFRPasteFaces:
+    DESCRIPTION = ("Pastes restored (or otherwise edited) face crops back into the original images with a soft "
+                   "mask, optional colour matching and upscaling. Only the crops' change is warped back, so pixels "
+                   "outside the masks are untouched. Optionally encodes the result for a low-denoise KSampler pass.")
+    CATEGORY = "VSPBFR"
+    RETURN_TYPES = ("IMAGE", "MASK", "LATENT")
+    RETURN_NAMES = ("image", "mask", "latent")
+    OUTPUT_TOOLTIPS = ("The images with the faces pasted back.", "Where faces were pasted (0..1).",
+                       "The result encoded with the VAE input (connect a VAE to use this).")
+    FUNCTION = "paste"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "The original images, as given to (or output by) the detect node."}),
+            "faces": ("VSPBFR_FACES", {"tooltip": "The faces output of the detect node."}),
+            "restored": ("IMAGE", {"tooltip": "One crop per face, same order as the detect node's crops (any size)."}),
+            "visibility": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                     "tooltip": "1: the restored face; 0: the original face."}),
+            "feather": ("FLOAT", {"default": 50.0, "min": 0.0, "max": 230.0, "step": 1.0, "tooltip": "Soft edge "
+                                  "width, in pixels of a 512 crop (0: hard edge)."}),
+            "mask_shape": (list(ops.MASK_SHAPES), {"default": "square", "tooltip": "square: the whole crop with "
+                           "soft sides; ellipse: the face oval only (keeps the original hair and background)."}),
+            "color_correction": (list(ops.COLOR_CORRECTIONS), {"default": "none", "tooltip": "Match the restored "
+                                 "face's colours to the original: meanstd (Lab statistics) or wavelet (low "
+                                 "frequencies)."}),
+            "upscale": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 8.0, "step": 0.5, "tooltip": "Scale of the "
+                                  "output; faces are pasted at the new scale."}),
+        }, "optional": {"vae": IMAGE_INPUTS["vae"]}, "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
+
+    def paste(self, image, faces, restored, visibility, feather, mask_shape, color_correction, upscale, vae=None,
+              prompt=None, unique_id=None):
+        out, mask = ops.paste(image, faces, restored, visibility=visibility, feather=feather, mask_shape=mask_shape,
+                              color_correction=color_correction, upscale=upscale)
+        return (out, mask, ops.latent_output(vae, out, prompt, unique_id, 2))

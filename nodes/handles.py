@@ -1,0 +1,60 @@
+"""The objects that travel on the pack's custom socket types (``VSPBFR_MODEL``, ``VSPBFR_FACES``, ``VSPBFR_STYLE``).
+
+Plain dataclasses with no ComfyUI import: the executor caches them between runs (that is the model cache; no node
+keeps state on ``self``), and the tests build them without ComfyUI.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..vspbfr_core.pipeline import StylePrompts, VSPBFRPipeline
+
+
+@dataclass
+class ModelHandle:
+    """``VSPBFR_MODEL``: the three VSPBFR networks, their ``ModelPatcher`` and the precision they run in."""
+
+    pipeline: VSPBFRPipeline          # networks only (no detector); weights on the offload device until used
+    patcher: Any                      # comfy.model_patcher.ModelPatcher around pipeline.model
+    dtype: torch.dtype                # precision the networks run in
+    files: dict[str, str] = field(default_factory=dict)   # kind -> file path, for messages
+
+    @property
+    def resolution(self) -> int:
+        return self.pipeline.model.resolution
+
+
+@dataclass
+class FaceSet:
+    """``VSPBFR_FACES``: the faces found in an IMAGE batch and how each was aligned (all on the CPU).
+
+    ``aligned.crops`` are the original crops ``[F, 3, S, S]``; paste-back warps the restoration's change relative to
+    them, so an unchanged crop pastes back bit for bit.
+    """
+
+    detections: Any                   # vspbfr_core.face.Detections (F faces, image_index, order_index)
+    aligned: Any                      # vspbfr_core.face.AlignedFaces (crops, affine, inverse, image_index, size)
+    detector: str = ""
+
+    def __len__(self) -> int:
+        return len(self.detections)
+
+    @property
+    def face_keys(self) -> list[int]:
+        """Per-face seed keys: the index of each face within its own image (what the all-in-one node uses)."""
+        return [int(k) for k in self.detections.order_index.tolist()]
+
+
+@dataclass
+class StyleSet:
+    """``VSPBFR_STYLE``: W+ codes of a crop batch: the encoder's W+ and the diffused visual style prompts."""
+
+    style: StylePrompts               # encoder_ws, prompts: [F, num_ws, w_dim] float32 on the CPU
+    seed: int = 0
+    face_keys: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.style.prompts.shape[0])

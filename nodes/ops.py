@@ -1,0 +1,303 @@
+"""What the VSPBFR nodes do, as plain functions over vspbfr_core (the node classes only declare sockets).
+
+Every function takes and returns ComfyUI values (IMAGE ``[B, H, W, C]`` float in [0, 1] on the intermediate device,
+MASK ``[B, H, W]``, LATENT dicts) and the pack's handles.  Device, precision, memory, progress and interrupts go
+through :mod:`.comfy_host`.  The split nodes and the all-in-one node share these functions, so the chain
+detect -> style prompt -> restore -> paste gives the same pixels as the all-in-one node with the same settings
+(the face crops being the same size).
+
+Faces are processed in slices (one face on the CPU, the pipeline's chunk elsewhere) with a progress step after each
+stage of each slice: that is where Cancel takes effect, so an interrupt stops a long batch within one face (one
+chunk on a GPU).  Seeds are per face: face ``k`` of an image uses ``make_generator(seed, k)``, whatever batch it is in.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..vspbfr_core.errors import InputError
+from ..vspbfr_core.image import from_host, to_host
+from ..vspbfr_core.pipeline import RestoreOptions, StylePrompts, VSPBFRPipeline
+from ..vspbfr_core.progress import Progress
+from . import comfy_host as host
+from .handles import FaceSet, ModelHandle, StyleSet
+
+log = logging.getLogger(__name__)
+
+KINDS = ("style_encoder_decoder", "code_diffuser", "restoration_net")
+DETECTORS = ("retinaface_resnet50", "retinaface_mobile0.25")
+ORDERS = ("left-right", "top-bottom", "area", "score")
+MASK_SHAPES = ("square", "ellipse")
+COLOR_CORRECTIONS = ("none", "meanstd", "wavelet")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DEFAULT_THRESHOLD = 0.97            # vspbfr_core.face.DEFAULT_THRESHOLD (FaceRestoreHelper's)
+PREVIEW_FACES = 8                   # crops shown side by side in the restore node's comparison
+
+_DETECTORS: dict[tuple[str, str, float], tuple[Any, Any]] = {}   # (name, path, mtime) -> (network, patcher)
+
+
+# -- inputs and outputs ----------------------------------------------------------------------------------------------
+
+def input_images(image: torch.Tensor | None, latent: dict | None, vae: Any) -> torch.Tensor:
+    """The IMAGE to work on: ``image``, or ``latent`` decoded with ``vae``."""
+    if image is not None:
+        return image
+    if latent is not None:
+        return host.vae_decode(vae, latent)
+    raise InputError("connect an IMAGE, or a LATENT together with its VAE")
+
+
+def latent_output(vae: Any, images: torch.Tensor, prompt: dict | None, unique_id: Any, slot: int) -> dict | None:
+    """The result encoded with ``vae``; None when no VAE is connected (an error if the LATENT output is used)."""
+    if vae is not None:
+        return host.vae_encode(vae, images)
+    if host.output_is_linked(prompt, unique_id, slot):
+        raise InputError("the LATENT output is connected but the VAE input is not: connect the VAE to encode the result")
+    return None
+
+
+def _placeholder(crops: torch.Tensor) -> bool:
+    """A detect node that found no face outputs one black crop; such a batch is passed through untouched."""
+    return crops.dim() == 4 and crops.shape[0] == 1 and not bool(crops.any())
+
+
+def _face_keys(count: int, faces: FaceSet | None, what: str) -> list[int]:
+    if faces is None:
+        return list(range(count))
+    if len(faces) != count:
+        raise InputError(f"{what}: 'faces' holds {len(faces)} face(s) but {count} crop(s) arrived; connect the faces "
+                         "output of the detect node that produced these crops, or leave 'faces' unconnected")
+    return faces.face_keys
+
+
+def _slices(count: int, size: int) -> list[tuple[int, int]]:
+    return [(a, min(count, a + size)) for a in range(0, count, size)]
+
+
+# -- model -----------------------------------------------------------------------------------------------------------
+
+def load_model(files: dict[str, str], precision: str = "auto") -> ModelHandle:
+    """The three network files (names in the ``vspbfr`` folder) -> a handle ready for ComfyUI's memory manager."""
+    paths = {kind: host.resolve_model_file(files[kind]) for kind in KINDS}
+    pipeline = VSPBFRPipeline.from_dir(None, detector=None, files=paths, offload_device=host.offload_device())
+    num_params = sum(p.numel() for p in pipeline.model.parameters())
+    dtype = host.choose_dtype(precision, host.torch_device(), num_params)
+    size = sum(t.numel() for t in pipeline.model.state_dict().values()) * (torch.finfo(dtype).bits // 8)
+    patcher = host.wrap_model(pipeline.model, size)
+    log.info("VSPBFR networks loaded from %s (%s)", ", ".join(os.path.basename(p) for p in paths.values()), dtype)
+    return ModelHandle(pipeline, patcher, dtype, paths)
+
+
+def _on_device(module: torch.nn.Module, device: torch.device) -> bool:
+    tensors = list(module.parameters()) + list(module.buffers())
+    return all(t.device == device for t in tensors)
+
+
+def _activate(handle: ModelHandle, faces: int, extra: Sequence[Any] = ()) -> VSPBFRPipeline:
+    """Load the networks (and ``extra`` patchers) through the memory manager and run them in the handle's precision."""
+    memory = host.memory_estimate(min(faces, handle.pipeline.chunk_size), handle.resolution, handle.dtype)
+    device = host.load_models([handle.patcher, *extra], memory)
+    pipeline = handle.pipeline
+    if pipeline.device != device or pipeline.dtype != handle.dtype or not _on_device(pipeline.model, device):
+        pipeline.to(device, handle.dtype)
+    return pipeline
+
+
+# -- detection -------------------------------------------------------------------------------------------------------
+
+def get_detector(name: str) -> tuple[Any, Any]:
+    """RetinaFace ``name`` from ``facedetection`` / ``facexlib`` / ``vspbfr`` (cached per file) and its patcher."""
+    from ..vspbfr_core.face import find_detector_file, load_detector_file
+
+    path = find_detector_file(name, host.detector_dirs())     # raises naming the file, folders and command
+    key = (name, str(path), os.path.getmtime(path))
+    if key not in _DETECTORS:
+        _DETECTORS.clear()                                      # one detector at a time; the rest is garbage
+        net = load_detector_file(name, path, host.offload_device())
+        _DETECTORS[key] = (net, host.wrap_model(net, sum(t.numel() * t.element_size()
+                                                         for t in net.state_dict().values())))
+    return _DETECTORS[key]
+
+
+def find_faces(images: torch.Tensor, detector: str, *, threshold: float = DEFAULT_THRESHOLD, min_size: float = 0.0,
+               max_faces: int = 0, selection: str = "all", order: str = "left-right", size: int = 512,
+               callback: Any = None, extra: Sequence[Any] = ()) -> FaceSet:
+    """Detect, select and align the faces of an IMAGE batch, one image at a time (so a frame gives the same faces
+    in any batch, and Cancel acts between frames)."""
+    from ..vspbfr_core.face import Detections, align_faces, detect_faces
+
+    net, patcher = get_detector(detector)
+    device = host.load_models([patcher, *extra], host.memory_estimate(1, 640, torch.float32))
+    if not _on_device(net, device):
+        net.to(device)
+    progress = Progress(images.shape[0], callback)
+    parts = []
+    for b in range(images.shape[0]):
+        parts.append(detect_faces(net, images[b:b + 1], threshold=threshold, min_size=min_size, max_faces=max_faces,
+                                  selection=selection, order=order))
+        progress.step("detect")
+    dets = Detections(torch.cat([p.image_index + b for b, p in enumerate(parts)]),
+                      torch.cat([p.boxes for p in parts]), torch.cat([p.landmarks for p in parts]),
+                      torch.cat([p.scores for p in parts]), torch.cat([p.order_index for p in parts]),
+                      images.shape[0], parts[0].image_size)
+    rgb, _ = from_host(images)
+    aligned = align_faces(rgb.float().cpu(), dets, size=size)
+    return FaceSet(dets, aligned, detector)
+
+
+def crops_output(faces: FaceSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aligned crops as IMAGE ``[F, S, S, 3]`` and their paste masks as MASK ``[F, S, S]`` (one black crop and an
+    empty mask when no face was found, so downstream IMAGE nodes still get a batch)."""
+    from ..vspbfr_core.face import face_mask
+
+    s = faces.aligned.size
+    device = host.intermediate_device()
+    if len(faces) == 0:
+        return torch.zeros(1, s, s, 3, device=device), torch.zeros(1, s, s, device=device)
+    crops = faces.aligned.crops.permute(0, 2, 3, 1).contiguous().to(device)
+    mask = face_mask(s, "ellipse").expand(len(faces), s, s).contiguous().to(device)
+    return crops, mask
+
+
+# -- style prompts and restoration -----------------------------------------------------------------------------------
+
+def style_prompts(handle: ModelHandle, crops: torch.Tensor, seed: int, faces: FaceSet | None = None,
+                  callback: Any = None) -> StyleSet:
+    """Encoder W+ and diffused visual style prompts of aligned crops (``prompt_mix`` 1: fidelity is the restore
+    node's business)."""
+    model = handle.pipeline.model
+    if _placeholder(crops):
+        enc = model.style_encoder.config
+        zeros = torch.zeros(1, enc.num_ws, enc.w_dim)
+        return StyleSet(StylePrompts(zeros, zeros.clone()), seed, [0])
+    rgb, _ = from_host(crops, "crops")
+    keys = _face_keys(rgb.shape[0], faces, "style prompt")
+    pipeline = _activate(handle, rgb.shape[0])
+    progress = Progress(2 * rgb.shape[0], callback)
+    encoder_ws, prompts = [], []
+    for a, b in _slices(rgb.shape[0], host.chunk_size(pipeline.device, pipeline.chunk_size)):
+        noise = pipeline.noise_for(keys[a:b], seed)
+        part = pipeline.style_prompts(rgb[a:b], noise)
+        encoder_ws.append(part.encoder_ws.float().cpu())
+        prompts.append(part.prompts.float().cpu())
+        progress.step("style", 2 * (b - a))
+    return StyleSet(StylePrompts(torch.cat(encoder_ws), torch.cat(prompts)), seed, keys)
+
+
+def _mix(style: StylePrompts, fidelity: float) -> StylePrompts:
+    if fidelity == 1.0:
+        return style
+    return StylePrompts(style.encoder_ws, torch.lerp(style.encoder_ws.to(style.prompts.dtype), style.prompts, fidelity))
+
+
+def restore_crops(handle: ModelHandle, crops: torch.Tensor, *, seed: int, fidelity: float = 1.0,
+                  bank_scale: float = 1.0, style: StyleSet | None = None, faces: FaceSet | None = None,
+                  callback: Any = None, extra: Sequence[Any] = ()) -> torch.Tensor:
+    """Aligned crops IMAGE ``[F, S, S, C]`` -> restored crops IMAGE ``[F, R, R, 3]`` (R: the model's resolution)."""
+    options = RestoreOptions(seed=seed, prompt_mix=fidelity, bank_scale=bank_scale)
+    options.validate()
+    device_out = host.intermediate_device()
+    if _placeholder(crops):
+        return crops.to(device_out)
+    rgb, _ = from_host(crops, "crops")
+    count = rgb.shape[0]
+    keys = _face_keys(count, faces, "restore")
+    mixed = None
+    if style is not None:
+        if len(style) != count:
+            raise InputError(f"restore: the style holds {len(style)} face(s) but {count} crop(s) arrived; connect "
+                             "the style prompt computed from these crops")
+        mixed = _mix(style.style, fidelity)
+    pipeline = _activate(handle, count, extra)
+    progress = Progress(3 * count, callback)
+    out = []
+    for a, b in _slices(count, host.chunk_size(pipeline.device, pipeline.chunk_size)):
+        part = None if mixed is None else StylePrompts(mixed.encoder_ws[a:b], mixed.prompts[a:b])
+        restored, _ = pipeline.restore_faces(rgb[a:b], part, options=options, face_keys=keys[a:b], progress=progress)
+        out.append(restored.float().to(device_out))
+    return torch.cat(out).permute(0, 2, 3, 1).contiguous()
+
+
+# -- paste-back ------------------------------------------------------------------------------------------------------
+
+def paste(images: torch.Tensor, faces: FaceSet, restored: torch.Tensor, *, visibility: float = 1.0,
+          feather: float | None = None, mask_shape: str = "square", color_correction: str = "none",
+          upscale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend restored crops into the original IMAGE batch -> (IMAGE, MASK of the pasted area)."""
+    from ..vspbfr_core.face import paste_faces
+
+    rgb, layout = from_host(images)
+    count = len(faces)
+    if count:
+        crops, _ = from_host(restored, "restored")
+        if crops.shape[0] != count:
+            raise InputError(f"paste: {crops.shape[0]} restored crop(s) for {count} face(s); the restored batch must "
+                             "come from this detect node's crops, in the same order")
+    else:
+        crops = rgb.new_zeros(0, 3, faces.aligned.size, faces.aligned.size)
+    kwargs: dict[str, Any] = dict(visibility=visibility, mask_shape=mask_shape, upscale=upscale,
+                                  color_correction=None if color_correction == "none" else color_correction)
+    if feather is not None:
+        kwargs["feather"] = feather
+    out, mask = paste_faces(rgb.float(), crops.float().to(rgb.device), faces.aligned, **kwargs)
+    device = host.intermediate_device()
+    return to_host(out, layout).to(device), mask.float().to(device)
+
+
+def face_restore(handle: ModelHandle, images: torch.Tensor, *, detector: str, seed: int, fidelity: float = 1.0,
+                 visibility: float = 1.0, selection: str = "all", only_center_face: bool = False,
+                 upscale: float = 1.0, threshold: float = DEFAULT_THRESHOLD, callback: Any = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The all-in-one node: detect, restore and paste, with crops at the model's resolution."""
+    RestoreOptions(seed=seed, prompt_mix=fidelity, visibility=visibility, upscale=upscale).validate()
+    det_patcher = get_detector(detector)[1]
+    faces = find_faces(images, detector, threshold=threshold, selection="center" if only_center_face else selection,
+                       size=handle.resolution, callback=callback, extra=[handle.patcher])
+    restored = torch.zeros(0, handle.resolution, handle.resolution, 3)
+    if len(faces):
+        crops = faces.aligned.crops.permute(0, 2, 3, 1)
+        restored = restore_crops(handle, crops, seed=seed, fidelity=fidelity, faces=faces, callback=callback,
+                                 extra=[det_patcher])
+    out, mask = paste(images, faces, restored, visibility=visibility, upscale=upscale)
+    return out, mask, len(faces)
+
+
+# -- previews for web/js/vspbfr.js -----------------------------------------------------------------------------------
+
+def detect_preview(images: torch.Tensor, faces: FaceSet) -> dict[str, list]:
+    """UI data of the detect node: the first frame and its faces (boxes in image pixels, index, score)."""
+    h, w = images.shape[1:3]
+    first = [f for f in faces.detections.to_json() if f["image"] == 0]
+    return {"vspbfr_faces": [{
+        "image": host.save_preview(images[0], "vspbfr_detect"), "width": int(w), "height": int(h),
+        "frames": int(images.shape[0]), "count": len(faces),
+        "faces": [{"index": f["index"], "box": f["box"], "score": f["score"]} for f in first],
+    }]}
+
+
+def _strip(crops: torch.Tensor) -> torch.Tensor:
+    """Up to PREVIEW_FACES crops ``[F, S, S, C]`` side by side as one frame ``[S, n*S, 3]``."""
+    picked = crops[:PREVIEW_FACES, :, :, :3].float()
+    return torch.cat(list(picked), dim=1)
+
+
+def compare_preview(before: torch.Tensor, after: torch.Tensor, crops: bool = False) -> dict[str, list]:
+    """UI data of the before/after slider: the first frame (or the first crops) before and after."""
+    if crops:
+        size = after.shape[1]
+        if before.shape[1] != size:
+            before = torch.nn.functional.interpolate(before[..., :3].permute(0, 3, 1, 2).float(), size=(size, size),
+                                                     mode="bilinear", antialias=True).permute(0, 2, 3, 1)
+        first_before, first_after = _strip(before), _strip(after)
+    else:
+        first_before, first_after = before[0], after[0]
+        if first_before.shape[:2] != first_after.shape[:2]:
+            first_before = torch.nn.functional.interpolate(first_before[..., :3].permute(2, 0, 1)[None].float(),
+                                                           size=tuple(first_after.shape[:2]), mode="bicubic"
+                                                           )[0].permute(1, 2, 0).clamp(0, 1)
+    return {"vspbfr_compare": [{"before": host.save_preview(first_before, "vspbfr_before"),
+                                "after": host.save_preview(first_after, "vspbfr_after")}]}

@@ -1,0 +1,94 @@
+"""VSPBFRStylePrompt (W+ style-prompt diffusion), VSPBFRRestoreFaces (SMART restoration) and the all-in-one
+VSPBFRFaceRestore."""
+from __future__ import annotations
+
+from . import comfy_host as host
+from . import ops
+from .face_nodes import DETECTOR, IMAGE_INPUTS, SELECTION
+
+MODEL = ("VSPBFR_MODEL", {"tooltip": "The networks from the VSPBFR Load Model node."})
+CROPS = ("IMAGE", {"tooltip": "Aligned face crops (the detect node's crops, possibly edited)."})
+SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True, "tooltip":
+                "Noise seed. Each face draws from (seed, its index in its image), so a face restores the same way "
+                "in any batch; use the same seed on the style prompt and restore nodes."})
+FACES = ("VSPBFR_FACES", {"tooltip": "Optional: the detect node's faces, so each face is seeded by its index in "
+                          "its own image, exactly as the all-in-one node does."})
+FIDELITY = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Style prompt mix: 1 is "
+                      "the diffused visual style prompt (official VSPBFR); lower values follow the degraded face's "
+                      "own W+ code more."})
+BANK_SCALE = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 4.0, "step": 0.05, "tooltip": "Strength of the "
+                        "StyleGAN feature bank (generative prior) in the decoder: 1 official, lower trusts the input "
+                        "more, higher the prior."})
+
+
+class VSPBFRStylePrompt:
+    DESCRIPTION = ("W+ style-prompt diffusion: encodes each aligned crop into StyleGAN W+ and refines it with the "
+                   "4-step code diffuser into a visual style prompt. Optional: the restore node computes it itself.")
+    CATEGORY = "VSPBFR"
+    RETURN_TYPES = ("VSPBFR_STYLE",)
+    RETURN_NAMES = ("style",)
+    OUTPUT_TOOLTIPS = ("Per face: the encoder's W+ and the diffused style prompt.",)
+    FUNCTION = "prompt"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": MODEL, "crops": CROPS, "seed": SEED}, "optional": {"faces": FACES}}
+
+    def prompt(self, model, crops, seed, faces=None):
+        return (ops.style_prompts(model, crops, seed, faces, callback=host.Progress()),)
+
+
+class VSPBFRRestoreFaces:
+    DESCRIPTION = ("SMART restoration of aligned face crops, guided by the visual style prompt and the StyleGAN "
+                   "feature bank. Outputs crops at the model's resolution (512) for the paste node or any IMAGE node.")
+    CATEGORY = "VSPBFR"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("restored",)
+    OUTPUT_TOOLTIPS = ("Restored face crops, one per input crop, same order.",)
+    FUNCTION = "restore"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": MODEL, "crops": CROPS, "seed": SEED, "fidelity": FIDELITY,
+                             "bank_scale": BANK_SCALE},
+                "optional": {"style": ("VSPBFR_STYLE", {"tooltip": "Style prompts of these crops; computed here "
+                                       "when unconnected."}), "faces": FACES}}
+
+    def restore(self, model, crops, seed, fidelity, bank_scale, style=None, faces=None):
+        restored = ops.restore_crops(model, crops, seed=seed, fidelity=fidelity, bank_scale=bank_scale, style=style,
+                                     faces=faces, callback=host.Progress())
+        return {"ui": ops.compare_preview(crops, restored, crops=True), "result": (restored,)}
+
+
+class VSPBFRFaceRestore:
+    DESCRIPTION = ("One-node face restoration (detect, W+ style prompt, SMART restore, paste back) with the widgets "
+                   "of facerestore_cf / ReActor. Frames without faces pass through unchanged.")
+    CATEGORY = "VSPBFR"
+    RETURN_TYPES = ("IMAGE", "MASK", "INT", "LATENT")
+    RETURN_NAMES = ("image", "mask", "count", "latent")
+    OUTPUT_TOOLTIPS = ("The restored images.", "Where faces were pasted (0..1).", "Faces restored in the batch.",
+                       "The result encoded with the VAE input (connect a VAE to use this).")
+    FUNCTION = "restore"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": MODEL, "facedetection": DETECTOR, "fidelity": FIDELITY,
+            "visibility": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                     "tooltip": "1: the restored face; 0: the original face."}),
+            "only_center_face": ("BOOLEAN", {"default": False, "tooltip": "Restore only the face nearest the "
+                                             "image centre (overrides selection)."}),
+            "selection": SELECTION,
+            "upscale": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 8.0, "step": 0.5,
+                                  "tooltip": "Scale of the output; faces are pasted at the new scale."}),
+            "seed": SEED,
+        }, "optional": dict(IMAGE_INPUTS), "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
+
+    def restore(self, model, facedetection, fidelity, visibility, only_center_face, selection, upscale, seed,
+                image=None, latent=None, vae=None, prompt=None, unique_id=None):
+        images = ops.input_images(image, latent, vae)
+        out, mask, count = ops.face_restore(model, images, detector=facedetection, seed=seed, fidelity=fidelity,
+                                            visibility=visibility, selection=selection, upscale=upscale,
+                                            only_center_face=only_center_face, callback=host.Progress())
+        latent_out = ops.latent_output(vae, out, prompt, unique_id, 3)
+        return {"ui": ops.compare_preview(images, out), "result": (out, mask, count, latent_out)}
