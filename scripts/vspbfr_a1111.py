@@ -1,0 +1,782 @@
+"""VSPBFR in AUTOMATIC1111's stable-diffusion-webui (1.8-1.10) and its forks Forge and reForge.
+
+A1111 executes this file (the only one it loads from the extension) once at start and again on every
+"Reload UI", as a module named ``vspbfr_a1111.py`` with the extension folder on ``sys.path`` only while
+the file runs. Running it:
+
+1. registers the face restorer "VSPBFR" in ``shared.face_restorers`` (replacing, and releasing the weights
+   of, an instance left by an earlier run): Settings > Face restoration, "Restore faces" in txt2img/img2img,
+   ``/sdapi/v1/face-restorers`` and extensions that look restorers up by name (ReActor, ADetailer) use it.
+   It detects, selects, aligns, restores and pastes faces with ``vspbfr_core`` (not facexlib);
+2. adds the ``vspbfr_*`` settings to Settings > Face restoration (settable per request through
+   ``override_settings``);
+3. defines the Extras (postprocessing) script "VSPBFR", ordered after CodeFormer;
+4. defines an always-on txt2img/img2img script without UI that writes the VSPBFR settings and the seed
+   actually used into the generation infotext;
+5. adds ``POST /vspbfr/v1/restore`` and ``GET /vspbfr/v1/status`` to the server when it starts.
+
+Model files are looked for in ``models/VSPBFR`` (or the folder of the "VSPBFR models folder" setting);
+the face detector also in ``models/GFPGAN``, where A1111 keeps facexlib's copy. Nothing is downloaded:
+a missing file is reported at start (console, Settings, Extras) and every restore attempt raises an
+error that names the folder and the download command.
+
+Host modules are imported as modules (``from modules import scripts_postprocessing``), never base
+classes by name: A1111 registers every Script class it finds in this namespace, base classes included.
+No ``@dataclass`` here: this module is not in ``sys.modules``, and ``dataclasses`` looks it up there.
+torch and the networks load on first use.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import importlib
+import io
+import logging
+import os
+import random
+import sys
+import threading
+from contextlib import nullcontext
+from typing import Any, NamedTuple
+
+import vspbfr_core  # noqa: F401  (import now: the extension folder is on sys.path only while this file runs)
+from vspbfr_core import paths as core_paths
+from vspbfr_core.errors import InputError, ModelNotFoundError, VSPBFRError
+
+from modules import devices, face_restoration, script_callbacks, scripts, scripts_postprocessing, shared
+
+try:                                    # A1111 1.8.0+, Forge, reForge
+    from modules import face_restoration_utils
+except ImportError:                     # A1111 < 1.8.0: only the plain base class exists
+    face_restoration_utils = None
+
+log = logging.getLogger("vspbfr.a1111")
+
+NAME = "VSPBFR"                         # stored in users' settings and infotexts: never change it
+MODELS_SUBDIR = "VSPBFR"                # <models_path>/VSPBFR
+ROUTE_RESTORE = "/vspbfr/v1/restore"
+ROUTE_STATUS = "/vspbfr/v1/status"
+SETTINGS_SECTION = ("face-restoration", "Face restoration")
+SETTINGS_CATEGORY = "postprocessing"
+MODELS_PATH_KEY = "vspbfr_models_path"
+STATUS_KEY = "vspbfr_status"
+EXTRAS_ORDER = 3100                     # after Upscale (1000), GFPGAN (2000) and CodeFormer (3000)
+SEED_MAX = 2**32 - 1
+EXTENSION_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#----------------------------------------------------------------------------
+# Options: one table drives the settings, the Extras controls, the API fields, validation and infotext.
+
+
+class OptionSpec(NamedTuple):
+    """One restore option: ``field`` is its RestoreOptions field, Extras control, API key and keyword."""
+
+    field: str
+    default: Any
+    label: str
+    kind: str                                   # "int" | "float" | "choice" | "text"
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: tuple[str, ...] = ()
+    infotext: str = ""                          # infotext key; also maps pasted infotext back to the setting
+    help: str = ""
+
+    @property
+    def key(self) -> str:
+        return "vspbfr_" + self.field
+
+
+DETECTORS = ("retinaface_resnet50", "retinaface_mobile0.25")
+ORDERS = ("left-right", "top-bottom", "area", "score")
+
+SPECS: tuple[OptionSpec, ...] = (
+    OptionSpec("seed", 0, "VSPBFR seed", "int", -1, SEED_MAX, 1, infotext="VSPBFR seed",
+               help="-1 = a new random seed per job; the seed used is written to the infotext"),
+    OptionSpec("prompt_mix", 1.0, "VSPBFR fidelity: style prompt mix", "float", 0.0, 1.0, 0.01,
+               infotext="VSPBFR prompt mix",
+               help="1 = diffused visual style prompt (official); 0 = the encoder's code, closer to the input face"),
+    OptionSpec("bank_scale", 1.0, "VSPBFR fidelity: feature bank strength", "float", 0.0, 2.0, 0.05,
+               infotext="VSPBFR bank scale",
+               help="1 = official; lower takes less generated detail from the StyleGAN feature bank"),
+    OptionSpec("visibility", 1.0, "VSPBFR visibility", "float", 0.0, 1.0, 0.01, infotext="VSPBFR visibility",
+               help="1 = restored face; 0 = original face"),
+    OptionSpec("selection", "all", "VSPBFR faces to restore", "text", infotext="VSPBFR selection",
+               help="all, largest, center, or face numbers in the chosen order such as 0,2"),
+    OptionSpec("order", "left-right", "VSPBFR face order", "choice", choices=ORDERS, infotext="VSPBFR order",
+               help="how faces are numbered for the selection"),
+    OptionSpec("max_faces", 0, "VSPBFR maximum faces per image", "int", 0, 64, 1, infotext="VSPBFR max faces",
+               help="the largest ones; 0 = no limit"),
+    OptionSpec("min_size", 0.0, "VSPBFR minimum face size (pixels)", "float", 0.0, 2048.0, 1.0,
+               infotext="VSPBFR min size", help="smaller faces are left alone; 0 = no limit"),
+    OptionSpec("threshold", 0.97, "VSPBFR detection confidence", "float", 0.3, 1.0, 0.01,
+               infotext="VSPBFR threshold", help="lower finds more (and more false) faces"),
+    OptionSpec("color_correction", "none", "VSPBFR color correction", "choice", choices=("none", "meanstd", "wavelet"),
+               infotext="VSPBFR color correction", help="match the restored face's colours to the original"),
+    OptionSpec("mask_shape", "square", "VSPBFR paste mask", "choice", choices=("square", "ellipse"),
+               infotext="VSPBFR mask"),
+    OptionSpec("detector", "retinaface_resnet50", "VSPBFR face detector", "choice", choices=DETECTORS,
+               infotext="VSPBFR detector", help="detection_Resnet50_Final.pth or detection_mobilenet0.25_Final.pth"),
+)
+SPEC_BY_FIELD = {s.field: s for s in SPECS}
+INFOTEXT_ALWAYS = ("seed", "visibility", "prompt_mix", "bank_scale")   # recorded even at their defaults
+
+
+def coerce(spec: OptionSpec, value: Any) -> Any:
+    """``value`` checked and converted for ``spec``; raises InputError naming the option."""
+    name = spec.field
+    if spec.kind in ("int", "float"):
+        if isinstance(value, bool) or value is None:
+            raise InputError(f"{name}: expected a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{name}: expected a number, got {value!r}") from None
+        if spec.kind == "int":
+            if not number.is_integer():
+                raise InputError(f"{name}: expected a whole number, got {value!r}")
+            number = int(number)
+        if not spec.minimum <= number <= spec.maximum:
+            raise InputError(f"{name}: {value!r} is outside [{spec.minimum:g}, {spec.maximum:g}]")
+        return number
+    if not isinstance(value, str):
+        raise InputError(f"{name}: expected text, got {value!r}")
+    text = value.strip()
+    if spec.kind == "choice":
+        if text.lower() not in spec.choices:
+            raise InputError(f"{name}: {value!r} is not one of {', '.join(spec.choices)}")
+        return text.lower()
+    if spec.field == "selection":
+        from vspbfr_core.face.detect import parse_selection
+
+        parse_selection(text)            # raises InputError with the accepted forms
+        return text.lower() or "all"
+    return text
+
+
+def setting_value(spec: OptionSpec) -> Any:
+    """The current setting (per-request overrides included), checked; the setting key is named on error."""
+    value = getattr(shared.opts, spec.key, spec.default)
+    try:
+        return coerce(spec, value)
+    except InputError as exc:
+        raise InputError(f"setting {spec.key} ({spec.label}): {exc}") from None
+
+
+def random_seed() -> int:
+    return random.SystemRandom().randrange(SEED_MAX)
+
+
+class ResolvedOptions:
+    """What one restore will use: every option value (seed resolved) and the detector."""
+
+    def __init__(self, values: dict[str, Any]):
+        self.values = values
+
+    @property
+    def seed(self) -> int:
+        return int(self.values["seed"])
+
+    @property
+    def detector(self) -> str:
+        return self.values["detector"]
+
+    def restore_options(self) -> Any:
+        from vspbfr_core.pipeline import RestoreOptions
+
+        v = self.values
+        return RestoreOptions(seed=int(v["seed"]), threshold=float(v["threshold"]), min_size=float(v["min_size"]),
+                              max_faces=int(v["max_faces"]), selection=v["selection"], order=v["order"],
+                              prompt_mix=float(v["prompt_mix"]), bank_scale=float(v["bank_scale"]),
+                              visibility=float(v["visibility"]),
+                              color_correction=None if v["color_correction"] == "none" else v["color_correction"],
+                              mask_shape=v["mask_shape"])
+
+    def infotext(self) -> dict[str, Any]:
+        """Infotext entries: seed, visibility and fidelity always, the other options when not at their default."""
+        out: dict[str, Any] = {}
+        for spec in SPECS:
+            value = self.values[spec.field]
+            if spec.field in INFOTEXT_ALWAYS or value != spec.default:
+                out[spec.infotext] = round(value, 3) if isinstance(value, float) else value
+        return out
+
+
+def resolve_options(overrides: dict[str, Any] | None = None, *, pinned_seed: int | None = None) -> ResolvedOptions:
+    """Settings, then ``overrides`` (None values ignored); seed -1 becomes ``pinned_seed`` or a random seed."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(overrides) - set(SPEC_BY_FIELD))
+    if unknown:
+        raise InputError(f"unknown VSPBFR option(s) {', '.join(unknown)}; known: {', '.join(SPEC_BY_FIELD)}")
+    values = {}
+    for spec in SPECS:
+        values[spec.field] = coerce(spec, overrides[spec.field]) if spec.field in overrides else setting_value(spec)
+    if values["seed"] == -1:
+        values["seed"] = pinned_seed if pinned_seed is not None else random_seed()
+    return ResolvedOptions(values)
+
+
+#----------------------------------------------------------------------------
+# Where the files are
+
+
+def default_models_dir() -> str:
+    from modules import paths
+
+    base = getattr(paths, "models_path", None) or getattr(shared, "models_path", None)
+    return os.path.join(base or os.path.join(os.getcwd(), "models"), MODELS_SUBDIR)
+
+
+def gfpgan_models_dir() -> str:
+    custom = getattr(shared.cmd_opts, "gfpgan_models_path", None)
+    return custom or os.path.join(os.path.dirname(default_models_dir()), "GFPGAN")
+
+
+def download_command(models_dir: str, detector: str | None = None, *, only_detector: bool = False) -> str:
+    """The command that fetches the missing files, run with the webui's Python from the extension folder."""
+    cmd = f'cd "{EXTENSION_DIR}" && "{sys.executable}" -m vspbfr_core download --to "{models_dir}"'
+    short = core_paths.DETECTOR_ALIASES.get(detector or "", None)
+    if only_detector:
+        cmd += " --only detector"
+    if short is not None:
+        cmd += f" --detector {short}"
+    return cmd
+
+
+#----------------------------------------------------------------------------
+# The face restorer
+
+_CommonBase = getattr(face_restoration_utils, "CommonFaceRestoration", None)
+_RestorerBase: type = _CommonBase or face_restoration.FaceRestoration
+
+
+class RestoreInterrupted(VSPBFRError):
+    """The user pressed Interrupt / Skip during an Extras or API restore."""
+
+
+class RunInfo:
+    """What one restore did: faces restored, the options (and seed) used, the detections as JSON."""
+
+    def __init__(self, faces: int, options: ResolvedOptions, detections: list[dict[str, Any]] | None = None):
+        self.faces = faces
+        self.options = options
+        self.detections = detections or []
+
+    @property
+    def seed(self) -> int:
+        return self.options.seed
+
+    def infotext(self) -> dict[str, Any]:
+        return {**self.options.infotext(), "VSPBFR faces": self.faces}
+
+
+class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
+    """The "VSPBFR" entry of ``shared.face_restorers``.
+
+    ``restore(np_image)`` takes and returns uint8 RGB ``(H, W, 3)`` (grayscale and RGBA are accepted too and
+    keep their layout) and reads its options from the ``vspbfr_*`` settings; keyword arguments named like
+    the option fields override them. ``net`` holds the loaded :class:`vspbfr_core.VSPBFRPipeline`.
+    """
+
+    def __init__(self, model_path: str):
+        if _CommonBase is not None:
+            super().__init__(model_path)                  # net = None, model_path, creates the folder
+        else:
+            super().__init__()
+            self.net = None
+            self.model_path = model_path
+            os.makedirs(model_path, exist_ok=True)
+        self.cmd_dir = model_path                         # shown by /sdapi/v1/face-restorers
+        self.pinned_seed: int | None = None               # set for one generation job when the seed setting is -1
+        self.last_run: RunInfo | None = None
+        self._net_key: tuple[str, str] | None = None      # (models folder, detector) of the loaded net
+        self._lock = threading.RLock()
+
+    def name(self) -> str:
+        return NAME
+
+    # -- where and what ----------------------------------------------------------------------------
+
+    def models_dir(self) -> str:
+        custom = str(getattr(shared.opts, MODELS_PATH_KEY, "") or "").strip()
+        return os.path.expanduser(custom) if custom else self.model_path
+
+    def get_device(self) -> Any:
+        return devices.get_device_for("vspbfr")           # honours --use-cpu vspbfr / all on A1111
+
+    def _detector_file(self, detector: str) -> Any:
+        return core_paths.find_model_file(detector, [self.models_dir(), gfpgan_models_dir()])
+
+    def missing_files(self, detector: str | None = None) -> list[str]:
+        """Names of the model files that are not where they are looked for (no torch import)."""
+        detector = detector or setting_value(SPEC_BY_FIELD["detector"])
+        missing = []
+        for kind in core_paths.NETWORK_KINDS:
+            try:
+                core_paths.find_model_file(kind, [self.models_dir()])
+            except ModelNotFoundError:
+                missing.append(f"{kind}.pt (or .safetensors)")
+        try:
+            self._detector_file(detector)
+        except ModelNotFoundError:
+            missing.append(core_paths.DETECTOR_FILES[core_paths.DETECTOR_ALIASES[detector]])
+        return missing
+
+    def missing_weights_message(self, missing: list[str], detector: str | None = None) -> str:
+        folder = self.models_dir()
+        detector = detector or setting_value(SPEC_BY_FIELD["detector"])
+        only_detector = all(name.startswith("detection_") for name in missing)
+        where = "A1111's models/VSPBFR folder" if folder == self.model_path else "the 'VSPBFR models folder' setting"
+        return (f"VSPBFR: model weights missing: {', '.join(missing)} not found in {folder} ({where}). "
+                f"Download them with: {download_command(folder, detector, only_detector=only_detector)} "
+                f"- or copy the files into that folder by hand (the detector may also be in {gfpgan_models_dir()}). "
+                "Nothing is downloaded automatically; faces are not restored until the files are there.")
+
+    # -- loading and placement ---------------------------------------------------------------------
+
+    def load_net(self) -> Any:
+        """The pipeline for the current models folder and detector setting (what CommonFaceRestoration expects)."""
+        return self._pipeline(setting_value(SPEC_BY_FIELD["detector"]))
+
+    def _pipeline(self, detector: str) -> Any:
+        key = (self.models_dir(), detector)
+        if self.net is not None and self._net_key == key:
+            return self.net
+        missing = self.missing_files(detector)
+        if missing:
+            message = self.missing_weights_message(missing, detector)
+            log.error("%s", message)
+            raise ModelNotFoundError(message)
+        from vspbfr_core.face import load_detector
+        from vspbfr_core.pipeline import VSPBFRPipeline
+
+        det_dir = str(self._detector_file(detector).parent)
+        if self.net is not None and self._net_key is not None and self._net_key[0] == key[0]:
+            log.info("VSPBFR: switching the face detector to %s", detector)
+            self.net.detector = load_detector(detector, [det_dir]).eval()
+        else:
+            self.release()
+            log.info("VSPBFR: loading the networks from %s (detector %s)", key[0], detector)
+            low_memory = bool(getattr(shared.cmd_opts, "lowvram", False) or getattr(shared.cmd_opts, "medvram", False))
+            self.net = VSPBFRPipeline.from_dir(key[0], detector=detector, detector_dir=det_dir, low_memory=low_memory)
+        self._net_key = key
+        return self.net
+
+    def send_model_to(self, device: Any) -> None:
+        """Move the loaded networks (the base class would also touch facexlib's helper, which we never build)."""
+        import torch
+
+        if self.net is not None:
+            self.net.to(device, torch.float32)
+
+    def release(self) -> None:
+        """Drop the loaded networks (UI reload, extension unloaded)."""
+        with self._lock:
+            if self.net is not None:
+                self.net = None
+                self._net_key = None
+                devices.torch_gc()
+
+    # -- restoring ---------------------------------------------------------------------------------
+
+    def restore(self, np_image: Any, **overrides: Any) -> Any:
+        """uint8 RGB ``(H, W, 3)`` in, the same size and layout out; faces restored per the ``vspbfr_*`` settings."""
+        image, _ = self.restore_with_info(np_image, **overrides)
+        return image
+
+    def restore_with_info(self, np_image: Any, *, interruptible: bool = False, **overrides: Any) -> tuple[Any, RunInfo]:
+        """:meth:`restore` that also tells what was done; ``interruptible`` honours Interrupt/Skip (Extras, API)."""
+        import numpy as np
+
+        if not isinstance(np_image, np.ndarray) or np_image.dtype != np.uint8:
+            raise InputError(f"VSPBFR restore: expected a uint8 numpy image (H, W, 3), got "
+                             f"{type(np_image).__name__} {getattr(np_image, 'dtype', '')}")
+        if np_image.ndim not in (2, 3) or (np_image.ndim == 3 and np_image.shape[2] not in (1, 3, 4)):
+            raise InputError(f"VSPBFR restore: expected (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) gray, got shape "
+                             f"{np_image.shape}")
+        options = resolve_options(overrides, pinned_seed=self.pinned_seed)
+        if options.values["visibility"] == 0.0:
+            run = RunInfo(0, options)
+            self.last_run = run
+            return np_image.copy(), run
+        with self._lock:
+            pipeline = self._pipeline(options.detector)
+            try:
+                result = self._run(pipeline, np_image, options, interruptible)
+            finally:
+                if getattr(shared.opts, "face_restoration_unload", False):
+                    self.send_model_to(devices.cpu)
+                    devices.torch_gc()
+        out = (result.images[0] * 255.0).round().clamp(0, 255).byte().numpy().reshape(np_image.shape)
+        run = RunInfo(result.faces_found, options,
+                      result.detections.to_json() if result.detections is not None else [])
+        self.last_run = run
+        log.info("VSPBFR: restored %d face(s) (seed %d)", run.faces, run.seed)
+        return out, run
+
+    def _run(self, pipeline: Any, np_image: Any, options: ResolvedOptions, interruptible: bool) -> Any:
+        import numpy as np
+        import torch
+
+        prepare_host_memory()
+        self.send_model_to(self.get_device())
+        image = torch.from_numpy(np.array(np_image, dtype=np.uint8, copy=True)).to(torch.float32).div_(255.0)
+        if image.dim() == 2:
+            image = image[..., None]
+        return pipeline(image[None], options.restore_options(), callback=progress_callback(interruptible))
+
+
+def prepare_host_memory() -> None:
+    """Forge and reForge: let their memory manager make room before a restorer runs (as their restorers do)."""
+    for module_name in ("modules_forge.utils", "modules_forge.forge_util"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        free = getattr(module, "prepare_free_memory", None)
+        if callable(free):
+            free()
+            return
+
+
+def progress_callback(interruptible: bool) -> Any:
+    """Report stages in the webui's status text; raise RestoreInterrupted on Interrupt/Skip when allowed."""
+    state = shared.state
+
+    def callback(done: int, total: int, stage: str) -> None:
+        if state is None:
+            return
+        state.textinfo = f"VSPBFR: {stage} ({done}/{total})"
+        if interruptible and (getattr(state, "interrupted", False) or getattr(state, "skipped", False)):
+            raise RestoreInterrupted("VSPBFR: interrupted")
+
+    return callback
+
+
+#----------------------------------------------------------------------------
+# Registration (runs at every execution of this file)
+
+_restorer: VSPBFRFaceRestorer | None = None
+
+
+def _name_of(restorer: Any) -> str | None:
+    try:
+        return restorer.name()
+    except Exception:               # a broken third-party entry must not stop our registration
+        log.warning("VSPBFR: a face restorer in shared.face_restorers has no usable name()", exc_info=True)
+        return None
+
+
+def _retire(restorer: Any) -> None:
+    """Free what an instance from an earlier execution of this file holds."""
+    release = getattr(restorer, "release", None)
+    if callable(release):
+        release()
+    elif hasattr(restorer, "net"):
+        restorer.net = None
+
+
+def register() -> VSPBFRFaceRestorer:
+    """Put exactly one "VSPBFR" instance into ``shared.face_restorers`` (idempotent across UI reloads)."""
+    global _restorer
+    for old in [r for r in shared.face_restorers if _name_of(r) == NAME]:
+        shared.face_restorers.remove(old)
+        _retire(old)
+    restorer = VSPBFRFaceRestorer(default_models_dir())
+    shared.face_restorers.append(restorer)
+    _restorer = restorer
+    try:
+        missing = restorer.missing_files()
+    except InputError as exc:                               # e.g. an invalid detector in config.json
+        log.warning("VSPBFR: %s", exc)
+    else:
+        if missing:
+            log.warning("%s", restorer.missing_weights_message(missing))
+    return restorer
+
+
+def registered_restorer() -> VSPBFRFaceRestorer:
+    if _restorer is None or _restorer not in shared.face_restorers:
+        raise VSPBFRError("VSPBFR: the face restorer is not registered (see the console for the error at start)")
+    return _restorer
+
+
+def status() -> dict[str, Any]:
+    """Weights, folders and device, for the status route and the UI."""
+    restorer = registered_restorer()
+    detector = setting_value(SPEC_BY_FIELD["detector"])       # InputError (a VSPBFRError) names a bad setting
+    missing = restorer.missing_files(detector)
+    return {"name": NAME, "version": vspbfr_core.__version__, "models_dir": restorer.models_dir(),
+            "detector": detector, "ready": not missing, "missing": missing,
+            "message": restorer.missing_weights_message(missing, detector) if missing else "",
+            "device": str(restorer.get_device()), "loaded": restorer.net is not None}
+
+
+def status_html() -> str:
+    try:
+        info = status()
+    except VSPBFRError as exc:
+        return f"<p>{html.escape(str(exc))}</p>"
+    if info["ready"]:
+        return f"<p>VSPBFR weights found in {html.escape(info['models_dir'])}.</p>"
+    return f"<p><b>{html.escape(info['message'])}</b></p>"
+
+
+#----------------------------------------------------------------------------
+# Settings
+
+
+def on_ui_settings() -> None:
+    import gradio as gr
+
+    section = dict(section=SETTINGS_SECTION, category_id=SETTINGS_CATEGORY)
+    option_html = getattr(shared, "OptionHTML", None)
+    if option_html is not None:                                 # a status line at the top of our settings
+        note = option_html(status_html())
+        note.section, note.category_id = SETTINGS_SECTION, SETTINGS_CATEGORY
+        shared.opts.add_option(STATUS_KEY, note)
+    shared.opts.add_option(MODELS_PATH_KEY, shared.OptionInfo(
+        "", "VSPBFR models folder", gr.Textbox, **section).info(f"empty = {default_models_dir()}"))
+    for spec in SPECS:
+        if spec.field == "seed":
+            component, args = gr.Number, {"precision": 0}
+        elif spec.kind in ("int", "float"):
+            component, args = gr.Slider, {"minimum": spec.minimum, "maximum": spec.maximum, "step": spec.step}
+        elif spec.kind == "choice":
+            component, args = gr.Radio, {"choices": list(spec.choices)}
+        else:
+            component, args = gr.Textbox, None
+        info = shared.OptionInfo(spec.default, spec.label, component, args, infotext=spec.infotext, **section)
+        shared.opts.add_option(spec.key, info.info(spec.help) if spec.help else info)
+
+
+#----------------------------------------------------------------------------
+# txt2img / img2img: the seed used and the options go into the infotext
+
+
+class VSPBFRGenerationInfo(scripts.Script):
+    """Always on, no UI: when "Restore faces" uses VSPBFR, fix the job's seed and record the options."""
+
+    create_group = False
+
+    def title(self) -> str:
+        return "VSPBFR face restoration info"
+
+    def show(self, is_img2img: bool) -> Any:
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img: bool) -> list:
+        return []
+
+    def process(self, p: Any, *args: Any) -> None:
+        restorer = _restorer
+        if restorer is None:
+            return
+        restorer.pinned_seed = None
+        if not getattr(p, "restore_faces", False) or shared.opts.face_restoration_model != NAME:
+            return
+        options = resolve_options()                 # an invalid setting raises here and again at restore time
+        missing = restorer.missing_files(options.detector)
+        if missing:
+            log.error("%s", restorer.missing_weights_message(missing, options.detector))
+            return
+        restorer.pinned_seed = options.seed
+        p.extra_generation_params.update(options.infotext())
+
+    def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
+        if _restorer is not None:
+            _restorer.pinned_seed = None
+
+
+#----------------------------------------------------------------------------
+# Extras tab
+
+
+class VSPBFRPostprocessing(scripts_postprocessing.ScriptPostprocessing):
+    """Extras > VSPBFR: restore faces with per-run options; RGBA keeps its alpha."""
+
+    name = NAME
+    order = EXTRAS_ORDER
+
+    def ui(self) -> dict[str, Any]:
+        import gradio as gr
+        from modules import ui_components
+
+        suffix = getattr(self, "tab_name", "") or ""
+        values = {}
+        for spec in SPECS:
+            try:
+                values[spec.field] = setting_value(spec)
+            except InputError:
+                values[spec.field] = spec.default
+
+        def eid(name: str) -> str:
+            return f"extras_vspbfr_{name}{suffix}"
+
+        def slider(f: str) -> Any:
+            s = SPEC_BY_FIELD[f]
+            return gr.Slider(minimum=s.minimum, maximum=s.maximum, step=s.step, value=values[f], label=s.label,
+                             elem_id=eid(f))
+
+        def dropdown(f: str) -> Any:
+            s = SPEC_BY_FIELD[f]
+            return gr.Dropdown(choices=list(s.choices), value=values[f], label=s.label, elem_id=eid(f))
+
+        controls: dict[str, Any] = {}
+        with ui_components.InputAccordion(False, label=NAME, elem_id=eid("enable")) as enable:
+            gr.HTML(status_html(), elem_id=eid("status"))
+            with gr.Row():
+                controls["visibility"] = slider("visibility")
+                controls["prompt_mix"] = slider("prompt_mix")
+                controls["bank_scale"] = slider("bank_scale")
+            with gr.Row():
+                controls["seed"] = gr.Number(value=values["seed"], precision=0, label="Seed (-1 = random)",
+                                             elem_id=eid("seed"))
+                controls["selection"] = gr.Textbox(value=values["selection"], label=SPEC_BY_FIELD["selection"].label,
+                                                   elem_id=eid("selection"))
+                controls["order"] = dropdown("order")
+            with gr.Row():
+                controls["max_faces"] = slider("max_faces")
+                controls["min_size"] = slider("min_size")
+                controls["threshold"] = slider("threshold")
+            with gr.Row():
+                controls["color_correction"] = dropdown("color_correction")
+                controls["mask_shape"] = dropdown("mask_shape")
+                controls["detector"] = dropdown("detector")
+        return {"enable": enable, **controls}
+
+    def process(self, pp: Any, enable: Any = None, **args: Any) -> None:
+        # The extras API passes None for every control of third-party scripts: None means "not enabled".
+        if not enable:
+            return
+        overrides = {k: v for k, v in args.items() if v is not None}
+        if overrides.get("visibility") == 0:
+            return
+        import numpy as np
+        from PIL import Image
+
+        image = pp.image
+        if image.mode not in ("RGB", "RGBA"):
+            image = image.convert("RGBA" if image.mode in ("LA", "PA") or "transparency" in image.info else "RGB")
+        try:
+            out, run = registered_restorer().restore_with_info(np.array(image, dtype=np.uint8), interruptible=True,
+                                                               **overrides)
+        except RestoreInterrupted:
+            pp.info["VSPBFR"] = "interrupted"
+            return
+        pp.image = Image.fromarray(out, mode=image.mode)
+        pp.info.update(run.infotext())
+
+
+#----------------------------------------------------------------------------
+# HTTP routes
+
+
+def _decode_image(data: Any) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(data, str) or not data:
+        raise InputError("image: expected a base64-encoded PNG, JPEG or WebP string (a data: URL is accepted)")
+    if data.startswith("data:"):
+        data = data.partition(",")[2]
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(data, validate=False)))
+        image.load()
+    except (ValueError, OSError, UnidentifiedImageError) as exc:
+        raise InputError(f"image: not a readable base64-encoded image ({exc})") from None
+    keep_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    return image.convert("RGBA" if keep_alpha else "RGB")
+
+
+def _encode_png(array: Any, mode: str) -> str:
+    from PIL import Image
+
+    with io.BytesIO() as buffer:
+        Image.fromarray(array, mode=mode).save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def api_restore(payload: Any) -> dict[str, Any]:
+    """The body of ``POST /vspbfr/v1/restore``; raises fastapi's HTTPException with a clear ``detail``."""
+    import numpy as np
+    from fastapi.exceptions import HTTPException
+
+    if not isinstance(payload, dict):
+        raise HTTPException(status_code=422, detail="expected a JSON object with 'image' and optional VSPBFR options")
+    try:
+        unknown = sorted(set(payload) - {"image"} - set(SPEC_BY_FIELD))
+        if unknown:
+            raise InputError(f"unknown field(s) {', '.join(unknown)}; accepted: image, {', '.join(SPEC_BY_FIELD)}")
+        image = _decode_image(payload.get("image"))
+        restorer = registered_restorer()
+    except InputError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+    except VSPBFRError as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from None
+    overrides = {k: v for k, v in payload.items() if k != "image"}
+    from modules import call_queue
+
+    state = shared.state
+    with getattr(call_queue, "queue_lock", None) or nullcontext():
+        if state is not None and hasattr(state, "begin"):
+            state.begin(job="VSPBFR")
+        try:
+            out, run = restorer.restore_with_info(np.array(image, dtype=np.uint8), interruptible=True, **overrides)
+        except ModelNotFoundError as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from None
+        except InputError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        except RestoreInterrupted as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+        except VSPBFRError as exc:
+            raise HTTPException(status_code=500, detail=str(exc)) from None
+        finally:
+            if state is not None and hasattr(state, "end"):
+                state.end()
+    return {"image": _encode_png(out, image.mode), "faces": run.faces, "seed": run.seed, "info": run.infotext(),
+            "detections": run.detections}
+
+
+def api_status() -> dict[str, Any]:
+    from fastapi.exceptions import HTTPException
+
+    try:
+        return status()
+    except VSPBFRError as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from None
+
+
+def on_app_started(demo: Any, app: Any) -> None:
+    """Add our routes (replacing the ones of an earlier execution: the app lives across UI reloads)."""
+    from fastapi import Body
+
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in (ROUTE_RESTORE, ROUTE_STATUS)]
+    app.openapi_schema = None
+
+    def restore_route(payload: dict = Body(...)):  # noqa: B008  (FastAPI's idiom)
+        return api_restore(payload)
+
+    def status_route():
+        return api_status()
+
+    app.add_api_route(ROUTE_RESTORE, restore_route, methods=["POST"], tags=["VSPBFR"],
+                      summary="Restore the faces of one image with VSPBFR",
+                      description="Body: {image: base64, and optionally " + ", ".join(SPEC_BY_FIELD) + "}. "
+                                  "Answer: {image: base64 PNG, faces, seed, info, detections}.")
+    app.add_api_route(ROUTE_STATUS, status_route, methods=["GET"], tags=["VSPBFR"],
+                      summary="VSPBFR weights, folders and device")
+
+
+def on_script_unloaded() -> None:
+    """UI reload or extension disabled: leave the registry and free the weights (the next run re-registers)."""
+    restorer = _restorer
+    if restorer is not None:
+        if restorer in shared.face_restorers:
+            shared.face_restorers.remove(restorer)
+        restorer.release()
+
+
+register()
+script_callbacks.on_ui_settings(on_ui_settings)
+script_callbacks.on_app_started(on_app_started)
+script_callbacks.on_script_unloaded(on_script_unloaded)
