@@ -15,6 +15,7 @@ There is no uint8, BGR or cv2 round trip anywhere: the values the host gave are 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,13 +53,13 @@ def _check_values(x: torch.Tensor, name: str, check_range: bool) -> torch.Tensor
         raise InputError(f"{name}: expected a floating point tensor in [0, 1], got {_describe(x)}{hint}")
     if x.numel() == 0:
         raise InputError(f"{name}: the tensor is empty ({_describe(x)})")
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
+    lo_t, hi_t = torch.aminmax(x)                    # one pass; NaN propagates, inf shows as a bound
+    lo, hi = float(lo_t), float(hi_t)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        bad = int((~torch.isfinite(x)).sum())
         raise InputError(f"{name}: contains {bad} NaN or infinite value(s) ({_describe(x)}); the previous step "
                          "produced invalid pixels (try running it in float32)")
     if check_range:
-        lo, hi = float(x.min()), float(x.max())
         if lo < -RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
             hint = ""
             if hi > 2.0:

@@ -26,7 +26,7 @@ its own alpha); the returned mask is the union ``1 - prod(1 - m_k)`` of the face
 ``visibility`` factor).  Pixels whose mask is 0 are returned bit-identical (upscale 1).
 
 Colour correction happens in crop space against the aligned original crop: ``"meanstd"`` matches
-per-channel mean and standard deviation in CIE Lab (per channel in the native space for non-RGB
+per-channel mean and standard deviation in YCbCr (per channel in the native space for non-RGB
 images), weighted by the ellipse mask so the background does not count; ``"wavelet"`` replaces the
 restored face's low frequencies (a blur of about 1/64 of the crop side) by the original's, keeping
 the restored detail.  Both are the identity when the restored crop equals the original.
@@ -43,7 +43,7 @@ from ..errors import InputError
 from ..image import check_bchw
 from .align import AlignedFaces, _to3x3, normalized_to_pixel, pixel_to_normalized
 
-__all__ = ["FEATHER_DEFAULT", "paste_faces", "face_mask", "mask_from_crop_coords", "color_correct", "rgb_to_lab", "lab_to_rgb"]
+__all__ = ["FEATHER_DEFAULT", "paste_faces", "face_mask", "mask_from_crop_coords", "color_correct"]
 
 MaskShape = Literal["square", "ellipse"]
 ColorCorrection = Literal["meanstd", "wavelet"]
@@ -95,7 +95,8 @@ def face_mask(size: int = 512, shape: MaskShape = "square", feather: float = FEA
     """
     _check_mask_args(shape, feather)
     f = (torch.arange(size, dtype=torch.float64, device=device) + 0.5) / size
-    return mask_from_crop_coords(f.view(1, -1), f.view(-1, 1), size, shape, feather / 512.0).to(dtype)
+    mask = mask_from_crop_coords(f.view(1, -1), f.view(-1, 1), size, shape, feather / 512.0)
+    return torch.where(mask < 1e-6, 0.0, mask).to(dtype)          # no denormals in the tails
 
 
 def _check_mask_args(shape: str, feather: float) -> None:
@@ -109,41 +110,10 @@ def _check_mask_args(shape: str, feather: float) -> None:
 # Colour correction
 
 
-def _srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(x <= 0.04045, x / 12.92, ((x.clamp(min=0.0) + 0.055) / 1.055) ** 2.4)
-
-
-def _linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x.clamp(min=0.0031308) ** (1.0 / 2.4) - 0.055)
-
-
-_RGB_TO_XYZ = ((0.4124564, 0.3575761, 0.1804375),
-               (0.2126729, 0.7151522, 0.0721750),
-               (0.0193339, 0.1191920, 0.9503041))
-_WHITE_D65 = (0.95047, 1.0, 1.08883)
-
-
-def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
-    """sRGB ``[N, 3, H, W]`` in [0, 1] -> CIE Lab (D65; L in 0..100)."""
-    m = torch.tensor(_RGB_TO_XYZ, dtype=rgb.dtype, device=rgb.device)
-    xyz = torch.einsum("ij,njhw->nihw", m, _srgb_to_linear(rgb))
-    xyz = xyz / torch.tensor(_WHITE_D65, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
-    eps = 216.0 / 24389.0
-    f = torch.where(xyz > eps, xyz.clamp(min=eps) ** (1.0 / 3.0), (24389.0 / 27.0 * xyz + 16.0) / 116.0)
-    fx, fy, fz = f.unbind(1)
-    return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1)
-
-
-def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`rgb_to_lab` (not clamped)."""
-    L, a, b = lab.unbind(1)
-    fy = (L + 16.0) / 116.0
-    f = torch.stack([fy + a / 500.0, fy, fy - b / 200.0], dim=1)
-    eps = 6.0 / 29.0
-    xyz = torch.where(f > eps, f ** 3, (116.0 * f - 16.0) * (27.0 / 24389.0))
-    xyz = xyz * torch.tensor(_WHITE_D65, dtype=lab.dtype, device=lab.device).view(1, 3, 1, 1)
-    m_inv = torch.linalg.inv(torch.tensor(_RGB_TO_XYZ, dtype=torch.float64)).to(dtype=lab.dtype, device=lab.device)
-    return _linear_to_srgb(torch.einsum("ij,njhw->nihw", m_inv, xyz))
+# BT.601 full-range YCbCr (a linear, luma/chroma-decorrelating transform of RGB)
+_RGB_TO_YCC = ((0.299, 0.587, 0.114),
+               (-0.168736, -0.331264, 0.5),
+               (0.5, -0.418688, -0.081312))
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -176,24 +146,39 @@ def _low_pass(x: torch.Tensor) -> torch.Tensor:
 
 def color_correct(restored: torch.Tensor, original: torch.Tensor, method: ColorCorrection = "meanstd"
                   ) -> torch.Tensor:
-    """Match the colours of ``restored`` crops ``[F, C, S, S]`` to ``original`` crops of the same shape."""
+    """Match the colours of ``restored`` crops ``[F, C, S, S]`` to ``original`` crops of the same shape.
+
+    ``"meanstd"`` works in YCbCr for RGB (per channel otherwise): the statistics are taken on a 4x
+    smaller copy weighted by the ellipse face mask, and the transfer, being affine in a linear colour
+    space, is applied as one 3x3 colour matrix plus offset per face.
+    """
     if method == "wavelet":
         return (restored - _low_pass(restored) + _low_pass(original)).clamp(0.0, 1.0)
     if method != "meanstd":
         raise InputError(f"color_correction {method!r}: use None, 'meanstd' or 'wavelet'")
-    size = restored.shape[-1]
-    weight = face_mask(size, "ellipse", FEATHER_DEFAULT, dtype=restored.dtype, device=restored.device)
-    weight = (weight / weight.sum()).view(1, 1, size, size)
-    lab = restored.shape[1] == 3
-    src = rgb_to_lab(restored) if lab else restored
-    ref = rgb_to_lab(original) if lab else original
-    mu_s, mu_r = (src * weight).sum(dim=(2, 3), keepdim=True), (ref * weight).sum(dim=(2, 3), keepdim=True)
-    sd_s = (((src - mu_s) ** 2) * weight).sum(dim=(2, 3), keepdim=True).sqrt()
-    sd_r = (((ref - mu_r) ** 2) * weight).sum(dim=(2, 3), keepdim=True).sqrt()
+    n, c, size, _ = restored.shape
+    factor = 4 if size >= 64 else 1
+    small_r = F.avg_pool2d(restored, factor) if factor > 1 else restored
+    small_o = F.avg_pool2d(original, factor) if factor > 1 else original
+    weight = face_mask(small_r.shape[-1], "ellipse", FEATHER_DEFAULT, dtype=restored.dtype, device=restored.device)
+    weight = (weight / weight.sum()).view(1, 1, *weight.shape)
+    if c == 3:
+        to_ycc = torch.tensor(_RGB_TO_YCC, dtype=restored.dtype, device=restored.device)
+    else:
+        to_ycc = torch.eye(c, dtype=restored.dtype, device=restored.device)
+    src = torch.einsum("ij,njhw->nihw", to_ycc, small_r)
+    ref = torch.einsum("ij,njhw->nihw", to_ycc, small_o)
+    mu_s, mu_r = (src * weight).sum(dim=(2, 3)), (ref * weight).sum(dim=(2, 3))                 # [F, C]
+    sd_s = (((src - mu_s[..., None, None]) ** 2) * weight).sum(dim=(2, 3)).sqrt()
+    sd_r = (((ref - mu_r[..., None, None]) ** 2) * weight).sum(dim=(2, 3)).sqrt()
     ratio = (sd_r / sd_s.clamp(min=1e-6)).clamp(*STD_RATIO_LIMITS)
-    ratio = torch.where(sd_s > 1e-6, ratio, torch.ones_like(ratio))
-    out = (src - mu_s) * ratio + mu_r
-    return (lab_to_rgb(out) if lab else out).clamp(0.0, 1.0)
+    ratio = torch.where(sd_s > 1e-6, ratio, torch.ones_like(ratio))                            # [F, C]
+    # y = ratio * (T x - mu_s) + mu_r  ->  x' = T^-1 diag(ratio) T x + T^-1 (mu_r - ratio * mu_s)
+    inv = torch.linalg.inv(to_ycc.double()).to(restored.dtype)
+    matrix = inv @ (ratio.unsqueeze(-1) * to_ycc)                                            # [F, C, C]
+    offset = ((mu_r - ratio * mu_s) @ inv.T)                                                 # [F, C]
+    out = torch.einsum("nij,njhw->nihw", matrix, restored) + offset[..., None, None]
+    return out.clamp(0.0, 1.0)
 
 
 #----------------------------------------------------------------------------
@@ -289,7 +274,6 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
             faces = color_correct(faces, original, color_correction)
         if keep_detail:
             faces = faces - original                 # [F, C, R, R] the restoration's change
-    base = out.clone() if keep_detail else out        # the (resized) original the changes apply to
 
     # output pixel -> input pixel -> crop pixel (aligned.size) -> restored pixel (res), all pixel centres
     f64 = torch.float64
@@ -313,36 +297,51 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
     areas = [max(0, x1 - x0) * max(0, y1 - y0) for x0, y0, x1, y1 in boxes]
     visible = [k for k in range(count) if areas[k] > 0]
 
+    # the mask is the same in every crop: sample one template with each face's grid
+    template = face_mask(res, mask_shape, float(feather), dtype=work, device=device)       # [R, R]
     warped: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for group in _group_faces([areas[k] for k in visible]):
-        idx = [visible[g] for g in group]
+        idx = sorted(visible[g] for g in group)
         rh = max(boxes[k][3] - boxes[k][1] for k in idx)
         rw = max(boxes[k][2] - boxes[k][0] for k in idx)
-        shift = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=f64, device=device)
-        shift = shift.repeat(len(idx), 1, 1)
+        shift = torch.eye(3, dtype=f64, device=device).repeat(len(idx), 1, 1)
         shift[:, 0, 2] = torch.tensor([boxes[k][0] for k in idx], dtype=f64, device=device)
         shift[:, 1, 2] = torch.tensor([boxes[k][1] for k in idx], dtype=f64, device=device)
         # region normalised -> region pixel -> output pixel -> restored pixel -> restored normalised
         theta = (pixel_to_normalized(res, res, device=device) @ out_to_res[idx] @ shift
                  @ normalized_to_pixel(rh, rw, device=device))[:, :2]
         grid = F.affine_grid(theta.to(work), [len(idx), channels, rh, rw], align_corners=False)  # [G, rh, rw, 2]
-        sampled = F.grid_sample(faces[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        alpha = mask_from_crop_coords((grid[..., 0] + 1) / 2, (grid[..., 1] + 1) / 2, res, mask_shape,
-                                      float(feather) / 512.0)                                      # [G, rh, rw]
+        contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
+        source = faces[idx[0]:idx[0] + len(idx)] if contiguous else faces[idx]
+        sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        alpha = F.grid_sample(template.expand(len(idx), 1, res, res), grid, mode="bilinear", padding_mode="zeros",
+                              align_corners=False)                                         # [G, 1, rh, rw]
         for j, k in enumerate(idx):
             x0, y0, x1, y1 = boxes[k]
-            warped[k] = (sampled[j, :, :y1 - y0, :x1 - x0], alpha[j, :y1 - y0, :x1 - x0])
+            warped[k] = (sampled[j, :, :y1 - y0, :x1 - x0], alpha[j, :, :y1 - y0, :x1 - x0])
 
+    # composite in detection order (later faces on top); ``base`` is the original the changes apply to
     image_index = aligned.image_index.tolist()
-    for k in visible:                                  # detection order: later faces on top
+    resized = (out_h, out_w) != (height, width)
+    base_regions = {}
+    if keep_detail:
+        for k in visible:
+            x0, y0, x1, y1 = boxes[k]
+            view = (out if resized else images)[image_index[k], :, y0:y1, x0:x1]
+            base_regions[k] = view.clone() if resized else view
+    for k in visible:
         b = image_index[k]
         x0, y0, x1, y1 = boxes[k]
         face, alpha = warped[k]
-        region = out[b, :, y0:y1, x0:x1].to(work)
-        target = base[b, :, y0:y1, x0:x1].to(work) + face if keep_detail else face
-        blend = (alpha * float(visibility)).to(work).unsqueeze(0)
-        out[b, :, y0:y1, x0:x1] = torch.lerp(region, target, blend).to(dtype)
+        target = (base_regions[k].to(work) + face) if keep_detail else face.clone()
+        target.clamp_(0.0, 1.0)
+        blend = alpha * float(visibility) if float(visibility) != 1.0 else alpha
+        region = out[b, :, y0:y1, x0:x1]
+        if region.dtype == work:
+            region.lerp_(target, blend)
+        else:
+            region.copy_(torch.lerp(region.to(work), target, blend))
         m = mask[b, y0:y1, x0:x1]
-        a = alpha.to(dtype)
-        mask[b, y0:y1, x0:x1] = m + a - m * a
-    return out.clamp_(0.0, 1.0), mask.clamp_(0.0, 1.0)
+        a = alpha[0].to(dtype)
+        m.add_(a * (1.0 - m))
+    return out, mask.clamp_(0.0, 1.0)

@@ -1,0 +1,186 @@
+"""Benchmark: detect + align + paste with vspbfr_core.face next to facexlib's FaceRestoreHelper.
+
+Three workloads built from the real photos in ../shared/faces/whole:
+
+* ``portrait``: skimage_astronaut.png, 512 x 512, 1 face;
+* ``group``: a 2048 x 2048 collage of cf_02 (4 faces), a crop of gfpgan_10045 (3 faces) and the
+  astronaut (1 face), 8 faces of 130-210 px;
+* ``frames``: 16 video frames of 1280 x 720 (cf_02 panning across the frame), 4 faces each.
+
+Both sides start from the host's float IMAGE tensor ``[B, H, W, 3]`` and end with one again, and the
+"restorer" is the identity (the aligned crops are pasted back as they are), so only the face handling
+is timed.  facexlib's side is what GFPGAN / CodeFormer / facerestore_cf run per image: float tensor ->
+uint8 BGR, ``get_face_landmarks_5(resize=640, eye_dist_threshold=5)``, ``align_warp_face``,
+``get_inverse_affine``, ``paste_faces_to_input_image`` (square soft mask), -> float tensor.  Its
+85 MB face-parsing network, which FaceRestoreHelper always loads (and would download), is replaced by
+a stub since ``use_parse=False`` never uses it.  Both use the RetinaFace MobileNet-0.25 weights.
+
+facexlib's ``resize=640`` scales the *short* side to 640; ours scales the *long* side to at most
+``detect_size=640``, so for non-square inputs ours detects on fewer pixels.  The ``ours@fx-res`` row
+runs ours at facexlib's detection resolution so the comparison can be read both ways.
+
+Usage::
+
+    python benchmarks/bench_faces.py [--device cpu|cuda] [--repeats 3] [--weights DIR] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from vspbfr_core.face import align_faces, detect_faces, load_detector, paste_faces  # noqa: E402
+
+SHARED = Path(os.environ.get("VSPBFR_SHARED", ROOT.parent / "shared"))
+WHOLE = SHARED / "faces" / "whole"
+
+
+def load_rgb(name: str) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(WHOLE / name) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr.copy())                                     # [H, W, 3]
+
+
+def fit(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resize [H, W, 3] to fit inside height x width (aspect kept) and centre it on a grey tile."""
+    h, w = img.shape[:2]
+    s = min(height / h, width / w)
+    nh, nw = round(h * s), round(w * s)
+    x = F.interpolate(img.permute(2, 0, 1)[None], size=(nh, nw), mode="bicubic", antialias=True,
+                      align_corners=False)[0].clamp(0, 1).permute(1, 2, 0)
+    tile = torch.full((height, width, 3), 0.5)
+    top, left = (height - nh) // 2, (width - nw) // 2
+    tile[top:top + nh, left:left + nw] = x
+    return tile
+
+
+def workloads() -> dict[str, tuple[torch.Tensor, int]]:
+    """name -> (IMAGE [B, H, W, 3], expected faces in total)."""
+    astronaut = load_rgb("skimage_astronaut.png")
+    group4 = load_rgb("cf_02.png")
+    family3 = load_rgb("gfpgan_10045.png")
+    top = fit(group4, 1024, 2048)                                             # 4 faces, ~200 px
+    bottom = torch.cat([fit(family3[60:560, 120:500], 1024, 1024),           # 3 faces, ~130-160 px
+                        fit(astronaut, 1024, 1024)], dim=1)                   # 1 face, ~185 px
+    group = torch.cat([top, bottom], dim=0)[None]                             # [1, 2048, 2048, 3]
+    wide = fit(group4, 720, 1400)                                             # 1400 x 720 strip
+    frames = torch.stack([wide[:, 8 * k:8 * k + 1280] for k in range(16)])  # pan: [16, 720, 1280, 3]
+    return {"portrait": (astronaut[None], 1), "group": (group, 8), "frames": (frames, 64)}
+
+
+#----------------------------------------------------------------------------
+
+
+def run_ours(detector, images: torch.Tensor, device: torch.device, detect_size: int) -> tuple[torch.Tensor, int]:
+    x = images.to(device)
+    dets = detect_faces(detector, x, detect_size=detect_size)
+    bchw = x.permute(0, 3, 1, 2)
+    aligned = align_faces(bchw, dets)
+    out, _ = paste_faces(bchw, aligned.crops, aligned)
+    out = out.permute(0, 2, 3, 1).contiguous().cpu()
+    return out, len(dets)
+
+
+def make_helper(weights: Path, device: torch.device):
+    import facexlib.utils.face_restoration_helper as frh
+
+    frh.init_parsing_model = lambda **kwargs: None       # use_parse=False never touches it; avoid 85 MB download
+    return frh.FaceRestoreHelper(upscale_factor=1, face_size=512, crop_ratio=(1, 1),
+                                 det_model="retinaface_mobile0.25", save_ext="png", use_parse=False,
+                                 device=device, model_rootpath=str(weights))
+
+
+def run_facexlib(helper, images: torch.Tensor) -> tuple[torch.Tensor, int]:
+    outs, faces = [], 0
+    for frame in images:
+        bgr = (frame.numpy()[:, :, ::-1] * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+        helper.clean_all()
+        helper.read_image(bgr)
+        helper.get_face_landmarks_5(only_center_face=False, resize=640, eye_dist_threshold=5)
+        helper.align_warp_face()
+        for crop in helper.cropped_faces:
+            helper.add_restored_face(crop)
+        helper.get_inverse_affine(None)
+        pasted = helper.paste_faces_to_input_image()
+        faces += len(helper.cropped_faces)
+        outs.append(torch.from_numpy(pasted[:, :, ::-1].astype(np.float32) / 255.0))
+    return torch.stack(outs), faces
+
+
+def timed(fn, repeats: int, sync) -> tuple[float, object]:
+    result = fn()                                          # warm-up (also checks the face count)
+    times = []
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--weights", default=str(SHARED / "weights"), help="folder with detection_mobilenet0.25_Final.pth")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        try:
+            import cv2
+            cv2.setNumThreads(args.threads)
+        except ImportError:
+            pass
+    if not WHOLE.is_dir():
+        print(f"skipped: {WHOLE} not present")
+        return 0
+    device = torch.device(args.device)
+    sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+    detector = load_detector("retinaface_mobile0.25", args.weights, device=device)
+
+    helper = None
+    try:
+        helper = make_helper(Path(args.weights), device)
+    except ImportError:
+        print("facexlib is not installed: its column is skipped (pip install facexlib)")
+
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+          f"torch {torch.__version__}, median of {args.repeats} after one warm-up")
+    header = f"{'workload':<10} {'input':<20} {'faces':>5} {'ours s':>8} {'ours@fx-res s':>13} {'facexlib s':>10} {'fx/ours':>8}"
+    print(header)
+    print("-" * len(header))
+    for name, (images, expected) in workloads().items():
+        b, h, w, _ = images.shape
+        fx_long = round(max(h, w) * 640 / min(h, w))          # facexlib: short side -> 640
+        t_ours, (_, n_ours) = timed(lambda: run_ours(detector, images, device, 640), args.repeats, sync)
+        t_match, _ = timed(lambda: run_ours(detector, images, device, fx_long), args.repeats, sync)
+        fx_cell, ratio_cell = "n/a", "n/a"
+        n_fx = None
+        if helper is not None:
+            t_fx, (_, n_fx) = timed(lambda: run_facexlib(helper, images), args.repeats, lambda: None)
+            fx_cell, ratio_cell = f"{t_fx:10.3f}", f"{t_fx / t_ours:7.2f}x"
+        counts = f"{n_ours}" if n_fx in (None, n_ours) else f"{n_ours}/{n_fx}"
+        if n_ours != expected:
+            counts += f" (expected {expected})"
+        shape = f"{b}x{h}x{w}"
+        print(f"{name:<10} {shape:<20} {counts:>5} {t_ours:8.3f} {t_match:13.3f} {fx_cell:>10} {ratio_cell:>8}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
