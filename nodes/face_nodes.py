@@ -41,7 +41,7 @@ class VSPBFRDetectFaces:
             "selection": SELECTION,
             "order": (list(ops.ORDERS), {"default": "left-right", "tooltip": "How faces are numbered in each "
                                          "image (the indices used by selection)."}),
-            "face_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "Side of the "
+            "face_size": ("INT", {"default": 512, "min": 16, "max": 2048, "step": 16, "tooltip": "Side of the "
                                   "aligned crops; 512 is the VSPBFR networks' own size."}),
         }, "optional": dict(IMAGE_INPUTS)}
 

@@ -4,8 +4,8 @@
 //  - VSPBFRDetectFaces: the first frame with every detected box and its index drawn on top, so a selection such as
 //    "0,2" is easy to write (ui key "vspbfr_faces": [{image, width, height, frames, count, faces: [{index, box, score}]}]).
 //  - Nodes with a seed start with "control after generate" = fixed, so re-queuing does not re-restore every face.
-import { app } from "../../scripts/app.js";
-import { api } from "../../scripts/api.js";
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
 
 const EXTENSION = "VSPBFR.FaceRestore";
 const SEEDED = new Set(["VSPBFRStylePrompt", "VSPBFRRestoreFaces", "VSPBFRFaceRestore"]);
@@ -107,8 +107,8 @@ function showFaces(node, data) {
     Object.entries({ x: x1, y: y1, width: x2 - x1, height: y2 - y1, fill: "none", stroke: "#3f3",
                      "stroke-width": stroke }).forEach(([k, v]) => rect.setAttribute(k, v));
     const label = document.createElementNS(SVG, "text");
-    const size = Math.max(12, Math.round((y2 - y1) / 4));
-    Object.entries({ x: x1 + stroke, y: Math.max(size, y1 - stroke), fill: "#3f3", "font-size": size,
+    const size = Math.max(Math.round(Math.max(data.width, data.height) / 16), Math.round((y2 - y1) / 3));
+    Object.entries({ x: x1 + stroke, y: y1 - stroke >= size ? y1 - stroke : y1 + size, fill: "#3f3", "font-size": size,
                      "font-family": "sans-serif", "font-weight": "bold", stroke: "#000", "stroke-width": stroke / 2,
                      "paint-order": "stroke" }).forEach(([k, v]) => label.setAttribute(k, v));
     label.textContent = String(face.index);
