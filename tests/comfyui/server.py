@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -224,8 +223,3 @@ class ComfyServer:
                                         "type": ref.get("type", "output")})
         return np.asarray(Image.open(io.BytesIO(self.get(f"/view?{query}"))))
 
-
-def copy_pack_files(src: Path, names: list[str], dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    for n in names:
-        shutil.copy(src / n, dest / n)
