@@ -250,3 +250,28 @@ def test_nan_input_is_refused(detector, photos):
         detect_faces(detector, x)
     with pytest.raises(InputError, match="4-d"):
         detect_faces(detector, x[0])
+
+
+def test_plain_torch_nms_matches_torchvision():
+    tv = pytest.importorskip("torchvision.ops")
+    from vspbfr_core.face.detect import nms_reference
+
+    g = torch.Generator().manual_seed(3)
+    for n in (0, 1, 5, 200):
+        xy = torch.rand(n, 2, generator=g) * 100
+        wh = torch.rand(n, 2, generator=g) * 40 + 1
+        boxes = torch.cat([xy, xy + wh], dim=1)
+        scores = torch.rand(n, generator=g)
+        groups = torch.randint(0, 3, (n,), generator=g)
+        for iou in (0.2, 0.4, 0.7):
+            ours = nms_reference(boxes, scores, groups, iou)
+            ref = tv.batched_nms(boxes, scores, groups, iou)
+            assert ours.tolist() == ref.tolist()
+
+
+def test_detection_without_torchvision(detector, photos, found, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchvision.ops", None)           # import fails -> plain torch NMS
+    dets = detect_faces(detector, photos["cf_00.jpg"])
+    assert torch.equal(dets.boxes, found["cf_00.jpg"].boxes)

@@ -8,7 +8,8 @@ size F with an ``image_index`` map.  Steps of :func:`detect_faces`:
    device).  Never upscaled.  Coordinates are mapped back with the exact per-axis factors ``W / w`` and
    ``H / h`` (pixel-edge convention: a coordinate ``x`` in the copy is ``x * W / w`` in the input).
 3. One network pass per chunk of images, score threshold, box / landmark decoding of the survivors,
-   per-image non-maximum suppression (IoU 0.4) in one ``batched_nms`` call.
+   per-image non-maximum suppression (IoU 0.4) in one ``batched_nms`` call (torchvision's when it is
+   installed, as in every ComfyUI / A1111 install; a plain-torch equivalent otherwise).
 4. Per image: drop faces whose box short side is below ``min_size``; order the rest (``order``); the
    position in that ordered list is the face's *index* (what ``selection="0,2"`` and the ``faces``
    command refer to); apply ``selection``; then ``max_faces`` keeps the largest faces of the selection,
@@ -249,6 +250,44 @@ def load_detector_file(name: str, path: str | os.PathLike[str], device: torch.de
 # Detection
 
 
+def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou: float) -> torch.Tensor:
+    """Greedy per-group non-maximum suppression in plain torch (same rule as ``torchvision.ops.nms``:
+    a box is dropped when its IoU with a kept, higher-scoring box of its group exceeds ``iou``).
+
+    Returns the kept indices by decreasing score.  Used when torchvision is not installed.
+    """
+    order = torch.argsort(scores, descending=True, stable=True)
+    boxes, groups = boxes[order].double(), groups[order]
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    alive = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
+    keep = []
+    for i in range(len(order)):
+        if not bool(alive[i]):
+            continue
+        keep.append(i)
+        rest = alive.clone()
+        rest[: i + 1] = False
+        rest &= groups == groups[i]
+        idx = torch.nonzero(rest, as_tuple=True)[0]
+        if idx.numel() == 0:
+            continue
+        lt = torch.maximum(boxes[idx, :2], boxes[i, :2])
+        rb = torch.minimum(boxes[idx, 2:], boxes[i, 2:])
+        inter = (rb - lt).clamp(min=0).prod(dim=1)
+        overlap = inter / (areas[idx] + areas[i] - inter)
+        alive[idx[overlap > iou]] = False
+    return order[torch.tensor(keep, dtype=torch.long, device=order.device)]
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou: float) -> torch.Tensor:
+    """``torchvision.ops.batched_nms`` when torchvision is installed, else :func:`nms_reference`."""
+    try:
+        from torchvision.ops import batched_nms as tv_batched_nms
+    except ImportError:
+        return nms_reference(boxes, scores, groups, iou)
+    return tv_batched_nms(boxes, scores, groups, iou)
+
+
 def parse_selection(selection: str) -> str | list[int]:
     """``"all"``, ``"largest"``, ``"center"`` or a list of indices from ``"0,2"`` (spaces allowed)."""
     text = str(selection).strip().lower()
@@ -347,8 +386,6 @@ def detect_faces(detector: RetinaFaceDetector, images: torch.Tensor, *, threshol
         found_scores.append(scores[b_idx, p_idx].float())
     if not found_b:
         return Detections.empty(batch, (height, width))
-
-    from torchvision.ops import batched_nms
 
     b_all = torch.cat(found_b)
     boxes_all = torch.cat(found_boxes)
