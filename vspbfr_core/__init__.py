@@ -25,6 +25,8 @@ _EXPORTS = {
     "make_generator": ".rng",
     "VSPBFRPipeline": ".pipeline", "RestoreOptions": ".pipeline", "RestoreResult": ".pipeline",
     "load_pipeline": ".pipeline",
+    "load_detector": ".face", "detect_faces": ".face", "align_faces": ".face", "paste_faces": ".face",
+    "Detections": ".face", "AlignedFaces": ".face", "FFHQ_TEMPLATE_512": ".face",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
