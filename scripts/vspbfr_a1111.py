@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 
 import vspbfr_core  # noqa: F401  (import now: the extension folder is on sys.path only while this file runs)
 from vspbfr_core import paths as core_paths
-from vspbfr_core.errors import InputError, ModelNotFoundError, VSPBFRError
+from vspbfr_core.errors import CheckpointError, InputError, ModelNotFoundError, VSPBFRError
 
 from modules import devices, face_restoration, script_callbacks, scripts, scripts_postprocessing, shared
 
@@ -353,12 +353,18 @@ class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
         det_dir = str(self._detector_file(detector).parent)
         if self.net is not None and self._net_key is not None and self._net_key[0] == key[0]:
             log.info("VSPBFR: switching the face detector to %s", detector)
-            self.net.detector = load_detector(detector, [det_dir]).eval()
+            with host_pickle_allowance():
+                self.net.detector = load_detector(detector, [det_dir]).eval()
         else:
             self.release()
             log.info("VSPBFR: loading the networks from %s (detector %s)", key[0], detector)
             low_memory = bool(getattr(shared.cmd_opts, "lowvram", False) or getattr(shared.cmd_opts, "medvram", False))
-            self.net = VSPBFRPipeline.from_dir(key[0], detector=detector, detector_dir=det_dir, low_memory=low_memory)
+            with host_pickle_allowance():
+                try:
+                    self.net = VSPBFRPipeline.from_dir(key[0], detector=detector, detector_dir=det_dir,
+                                                       low_memory=low_memory)
+                except CheckpointError as exc:
+                    raise explain_host_pickle_refusal(exc, key[0]) from exc
         self._net_key = key
         return self.net
 
@@ -424,6 +430,65 @@ class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
         if image.dim() == 2:
             image = image[..., None]
         return pipeline(image[None], options.restore_options(), callback=progress_callback(interruptible))
+
+
+#----------------------------------------------------------------------------
+# A1111's pickle check (modules/safe.py replaces torch.load; Forge and reForge leave it alone)
+
+
+def _host_safe_module() -> Any:
+    """A1111's ``modules.safe`` when its check is what ``torch.load`` now is, else None."""
+    module = sys.modules.get("modules.safe")
+    torch = sys.modules.get("torch")
+    if module is None or torch is None or getattr(torch, "load", None) is not getattr(module, "load", object()):
+        return None
+    if getattr(shared.cmd_opts, "disable_safe_unpickle", False):
+        return None
+    return module
+
+
+def _allow_data_globals(module: str, name: str) -> Any:
+    """The data-only globals vspbfr_core's own loader allows (it loads with ``weights_only=True``)."""
+    import argparse
+
+    import numpy as np
+
+    if (module, name) == ("argparse", "Namespace"):
+        return argparse.Namespace
+    if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "scalar":
+        core = getattr(np, "_core", None) or np.core
+        return core.multiarray.scalar
+    if (module, name) == ("numpy", "dtype"):
+        return np.dtype
+    if module == "numpy.dtypes" and name in ("Float64DType", "Float32DType", "Float16DType", "Int64DType",
+                                              "Int32DType", "BoolDType"):
+        return getattr(getattr(np, "dtypes", None), name, None)
+    return None
+
+
+def host_pickle_allowance() -> Any:
+    """A1111's documented ``safe.Extra`` hook, opened for those data-only globals while our files load.
+
+    Without it A1111's check refuses the official ``style_encoder_decoder.pt`` (it pickles an
+    ``argparse.Namespace``) and hands back None instead of raising.
+    """
+    safe = _host_safe_module()
+    extra = getattr(safe, "Extra", None)
+    if extra is None or getattr(safe, "global_extra_handler", None) is not None:
+        return nullcontext()
+    return extra(_allow_data_globals)
+
+
+def explain_host_pickle_refusal(exc: CheckpointError, models_dir: str) -> CheckpointError:
+    """A clearer error when A1111's check refused a file (the core then sees None instead of a checkpoint)."""
+    if _host_safe_module() is None or "found NoneType" not in str(exc):
+        return exc
+    return CheckpointError(
+        f"{exc}. The webui's pickle check refused this file (see the '*** Error verifying pickled file' lines in "
+        "the console); it does not know the entries that recent PyTorch versions write into .pt files. Convert the "
+        f'files to .safetensors, which need no pickle check: cd "{EXTENSION_DIR}" && "{sys.executable}" -m '
+        f'vspbfr_core convert "{models_dir}"/*.pt -o "{models_dir}" - or start the webui with '
+        "--disable-safe-unpickle.")
 
 
 def prepare_host_memory() -> None:
@@ -526,15 +591,15 @@ def status_html() -> str:
 # Settings
 
 
-def on_ui_settings() -> None:
+def add_settings() -> None:
+    """Our options in Settings > Face restoration; run at import (idempotent).
+
+    At import rather than in ``on_ui_settings``: with ``--nowebui`` the API builds the model of
+    ``GET /sdapi/v1/options`` before the settings callbacks run, so options added there would be missing from it.
+    """
     import gradio as gr
 
     section = dict(section=SETTINGS_SECTION, category_id=SETTINGS_CATEGORY)
-    option_html = getattr(shared, "OptionHTML", None)
-    if option_html is not None:                                 # a status line at the top of our settings
-        note = option_html(status_html())
-        note.section, note.category_id = SETTINGS_SECTION, SETTINGS_CATEGORY
-        shared.opts.add_option(STATUS_KEY, note)
     shared.opts.add_option(MODELS_PATH_KEY, shared.OptionInfo(
         "", "VSPBFR models folder", gr.Textbox, **section).info(f"empty = {default_models_dir()}"))
     for spec in SPECS:
@@ -548,6 +613,21 @@ def on_ui_settings() -> None:
             component, args = gr.Textbox, None
         info = shared.OptionInfo(spec.default, spec.label, component, args, infotext=spec.infotext, **section)
         shared.opts.add_option(spec.key, info.info(spec.help) if spec.help else info)
+
+
+def on_ui_settings() -> None:
+    """When the settings page is built: a status line (weights found / missing) above our options."""
+    option_html = getattr(shared, "OptionHTML", None)
+    if option_html is None:
+        return
+    note = option_html(status_html())
+    note.section, note.category_id = SETTINGS_SECTION, SETTINGS_CATEGORY
+    shared.opts.add_option(STATUS_KEY, note)
+    if hasattr(shared.opts, "data_labels"):                 # keep the status line first in our section
+        labels = shared.opts.data_labels
+        ours = [k for k in labels if k.startswith("vspbfr_") and k != STATUS_KEY]
+        for key in ours:
+            labels[key] = labels.pop(key)
 
 
 #----------------------------------------------------------------------------
@@ -777,6 +857,7 @@ def on_script_unloaded() -> None:
 
 
 register()
+add_settings()
 script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_app_started(on_app_started)
 script_callbacks.on_script_unloaded(on_script_unloaded)

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, shared_path
-from tiny_models import write_tiny_checkpoints, write_tiny_detector
+from tiny_models import KINDS, tiny_official_objects, write_tiny_checkpoints, write_tiny_detector
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -199,6 +199,17 @@ def test_before_1_8_the_plain_base_class_is_used(tmp_path, monkeypatch):
     assert restorer.net is None and os.path.isdir(restorer.model_path)
 
 
+def test_nowebui_settings_are_in_the_options_api(tmp_path, tiny_dir):
+    """--nowebui builds GET /sdapi/v1/options' model before the settings callbacks: ours must exist earlier."""
+    from modules import shared
+
+    webui = start(tmp_path, tiny_dir, nowebui=True)
+    options = webui.client().get("/sdapi/v1/options").json()
+    assert options["vspbfr_seed"] == 0 and options["vspbfr_detector"] == "retinaface_resnet50"
+    assert "vspbfr_status" in shared.opts.data_labels            # the settings callback still ran (status line)
+    assert list(shared.opts.data_labels).index("vspbfr_status") < list(shared.opts.data_labels).index("vspbfr_seed")
+
+
 def test_use_cpu_vspbfr_puts_us_on_the_cpu(tmp_path):
     import torch
 
@@ -349,6 +360,34 @@ def test_forge_memory_hook_runs_before_restoring(tmp_path, weights_dir, monkeypa
     calls = forge_utils.calls
     restorers()[0].restore(photo("skimage_astronaut.png"))
     assert forge_utils.calls == calls + 1
+
+
+def test_a1111_pickle_check(tmp_path, weights_dir, monkeypatch):
+    """A1111 replaces torch.load with a pickle check that returns None on refusal (modules/safe.py)."""
+    import argparse
+
+    import torch
+    from modules import safe
+    from vspbfr_core.errors import CheckpointError
+
+    # official-style files: the legacy container and an argparse.Namespace in 'opts' (allowed through safe.Extra)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    objects = tiny_official_objects()
+    objects["style_encoder_decoder"]["opts"] = argparse.Namespace(**objects["style_encoder_decoder"]["opts"])
+    for kind in KINDS:
+        torch.save(objects[kind], legacy / f"{kind}.pt", _use_new_zipfile_serialization=False)
+    shutil.copy(weights_dir / "detection_mobilenet0.25_Final.pth", legacy)
+    start(tmp_path / "a", legacy, config=MOBILE)
+    safe.install(monkeypatch)
+    restorer = restorers()[0]
+    restorer.restore(photo("skimage_astronaut.png"))
+    assert restorer.last_run.faces == 1 and safe.global_extra_handler is None
+    # files written by a recent PyTorch carry entries A1111 refuses: a message that says what to do
+    start(tmp_path / "b", weights_dir, config=MOBILE)
+    with pytest.raises(CheckpointError, match="--disable-safe-unpickle") as info:
+        restorers()[0].restore(photo("skimage_astronaut.png"))
+    assert "vspbfr_core convert" in str(info.value) and "pickle check refused" in str(info.value)
 
 
 # -- missing weights ------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ def reset(data_dir: str, *, use_cpu: tuple[str, ...] = ("all",)) -> None:
 
     configure(data_dir)
     shared.cmd_opts.use_cpu = list(use_cpu)
+    shared.cmd_opts.disable_safe_unpickle = False
     shared.face_restorers.clear()
     shared.options_templates = dict(shared_options.options_templates)
     shared.opts = options.Options(shared.options_templates)
@@ -73,8 +74,12 @@ def _create_ui(webui: WebUI) -> None:
 
 
 def start(data_dir: str, extension_dirs: list[str], *, use_cpu: tuple[str, ...] = ("all",),
-          config: dict[str, Any] | None = None) -> WebUI:
-    """Start the stand-in webui; ``config`` plays config.json (loaded before any script runs)."""
+          config: dict[str, Any] | None = None, nowebui: bool = False) -> WebUI:
+    """Start the stand-in webui; ``config`` plays config.json (loaded before any script runs).
+
+    ``nowebui``: the API-only order of ``webui.api_only()``: the API object is made first and builds the UI
+    itself (so the settings callbacks run after the options model of the API was taken).
+    """
     from fastapi import FastAPI
     from modules import call_queue, codeformer_model, script_callbacks, scripts, shared
     from modules.api.api import Api
@@ -85,8 +90,11 @@ def start(data_dir: str, extension_dirs: list[str], *, use_cpu: tuple[str, ...] 
     scripts.extension_dirs[:] = list(extension_dirs)
     scripts.load_scripts()
     webui = WebUI(FastAPI(), None)
-    _create_ui(webui)
-    Api(webui.app, call_queue.queue_lock)
+    if nowebui:
+        Api(webui.app, call_queue.queue_lock, create_ui=lambda: _create_ui(webui))
+    else:
+        _create_ui(webui)
+        Api(webui.app, call_queue.queue_lock)
     script_callbacks.app_started_callback(webui.demo, webui.app)
     return webui
 

@@ -56,21 +56,27 @@ def api_middleware(app: FastAPI) -> None:
 
 
 class Api:
-    def __init__(self, app: FastAPI, queue_lock):
+    def __init__(self, app: FastAPI, queue_lock, create_ui=None):
         self.app = app
         self.queue_lock = queue_lock
+        # A1111 builds the response model of GET /sdapi/v1/options from the options known when modules.api.models
+        # is imported, i.e. here: options added later (e.g. in on_ui_settings under --nowebui) are left out of it.
+        self.options_model_keys = list(shared.opts.data_labels)
         api_middleware(app)
         app.add_api_route("/sdapi/v1/face-restorers", self.get_face_restorers, methods=["GET"])
         app.add_api_route("/sdapi/v1/options", self.get_config, methods=["GET"])
         app.add_api_route("/sdapi/v1/options", self.set_config, methods=["POST"])
         app.add_api_route("/sdapi/v1/extra-single-image", self.extras_single_image_api, methods=["POST"])
         app.add_api_route("/sdapi/v1/txt2img", self.text2imgapi, methods=["POST"])
+        if not scripts.scripts_txt2img.scripts and create_ui is not None:     # --nowebui: the UI is built here
+            create_ui()
 
     def get_face_restorers(self):
         return [{"name": x.name(), "cmd_dir": getattr(x, "cmd_dir", None)} for x in shared.face_restorers]
 
     def get_config(self):
-        return {k: shared.opts.data.get(k, v.default) for k, v in shared.opts.data_labels.items() if not v.do_not_save}
+        return {k: shared.opts.data.get(k, shared.opts.data_labels[k].default) for k in self.options_model_keys
+                if k in shared.opts.data}
 
     def set_config(self, req: dict = Body(...)):
         for k, v in req.items():
