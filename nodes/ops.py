@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -146,6 +147,8 @@ def find_faces(images: torch.Tensor, detector: str, *, threshold: float = DEFAUL
                       images.shape[0], parts[0].image_size)
     rgb, _ = from_host(images)
     aligned = align_faces(rgb.float().cpu(), dets, size=size)
+    # channels-last storage: the crops IMAGE output [F, S, S, 3] is then a view of the same memory, not a copy
+    aligned = replace(aligned, crops=aligned.crops.contiguous(memory_format=torch.channels_last))
     return FaceSet(dets, aligned, detector)
 
 
@@ -158,7 +161,7 @@ def crops_output(faces: FaceSet) -> tuple[torch.Tensor, torch.Tensor]:
     device = host.intermediate_device()
     if len(faces) == 0:
         return torch.zeros(1, s, s, 3, device=device), torch.zeros(1, s, s, device=device)
-    crops = faces.aligned.crops.permute(0, 2, 3, 1).contiguous().to(device)
+    crops = faces.aligned.crops.permute(0, 2, 3, 1).contiguous().to(device)      # a view: see find_faces
     mask = face_mask(s, "ellipse").expand(len(faces), s, s).contiguous().to(device)
     return crops, mask
 
@@ -219,6 +222,7 @@ def restore_crops(handle: ModelHandle, crops: torch.Tensor, *, seed: int, fideli
         part = None if mixed is None else StylePrompts(mixed.encoder_ws[a:b], mixed.prompts[a:b])
         restored, _ = pipeline.restore_faces(rgb[a:b], part, options=options, face_keys=keys[a:b], progress=progress)
         out.append(restored.float().to(device_out))
+    host.soft_empty_cache()
     return torch.cat(out).permute(0, 2, 3, 1).contiguous()
 
 

