@@ -40,7 +40,8 @@ class Chromium:
         self.log = open(work / "chromium.log", "wb")
         self.proc = subprocess.Popen([chromium_path(), *FLAGS, "--remote-debugging-address=127.0.0.1",
                                       "--remote-debugging-port=0", f"--user-data-dir={profile}", url],
-                                     stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                     stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=dict(os.environ, TMPDIR=str(work)))
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + timeout
         while not port_file.exists() or not port_file.read_text().strip():
