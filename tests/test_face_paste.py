@@ -301,3 +301,15 @@ def test_refusals(astronaut):
         paste_faces(images[..., :300], crops, aligned)
     with pytest.raises(InputError, match="AlignedFaces"):
         paste_faces(images, crops, dataclasses.asdict(aligned))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_dtypes(astronaut, dtype):
+    images, dets, _ = astronaut
+    x = images.to(dtype)
+    aligned = align_faces(x, dets)
+    assert aligned.crops.dtype == dtype and aligned.affine.dtype == torch.float32
+    out, mask = paste_faces(x, tint(aligned.crops), aligned, color_correction="wavelet")
+    assert out.dtype == dtype and mask.dtype == dtype
+    same, _ = paste_faces(x, aligned.crops, aligned)
+    assert torch.equal(same, x)

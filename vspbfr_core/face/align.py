@@ -146,7 +146,7 @@ def align_faces(images: torch.Tensor, detections: Detections, size: int = 512, *
     # crop normalised coordinates -> crop pixels -> image pixels -> image normalised coordinates
     theta = (pixel_to_normalized(height, width, device=device) @ _to3x3(inverse)
              @ normalized_to_pixel(size, size, device=device))[:, :2]
-    work = dtype if dtype in (torch.float32, torch.float64) or device.type != "cpu" else torch.float32
+    work = torch.float64 if dtype == torch.float64 else torch.float32   # half-precision grids would be off by pixels
     grid = F.affine_grid(theta.to(work), [count, channels, size, size], align_corners=False)   # [F, S, S, 2]
     image_index = detections.image_index.to(device)
     crops = images.new_empty(count, channels, size, size)

@@ -262,7 +262,7 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
     if count == 0 or float(visibility) == 0.0:
         return out, mask
 
-    work = dtype if dtype in (torch.float32, torch.float64) or device.type != "cpu" else torch.float32
+    work = torch.float64 if dtype == torch.float64 else torch.float32   # half-precision grids would be off by pixels
     res = int(restored.shape[-1])
     faces = restored.to(device=device, dtype=work)
     if color_correction is not None or keep_detail:
