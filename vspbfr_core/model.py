@@ -90,6 +90,7 @@ class VSPBFRModel(nn.Module):
         self.code_diffuser = code_diffuser
         self.restoration_net = restoration_net
         self.schedule = DDPMSchedule.from_config(code_diffuser.config)
+        self.channels_last = True      # NHWC activations: same values, faster convolutions
         rc, sc, ec = restoration_net.config, stylegan.config, style_encoder.config
         if ec.num_ws < rc.n_latent or ec.num_ws < sc.num_ws or ec.w_dim != rc.w_dim or ec.w_dim != sc.w_dim:
             raise ValueError(f"incompatible networks: encoder {ec.num_ws}x{ec.w_dim}, StyleGAN {sc.num_ws}x{sc.w_dim}, "
@@ -143,9 +144,17 @@ class VSPBFRModel(nn.Module):
 
     # -- stages ----------------------------------------------------------------------------------
 
+    def _nhwc(self, x: torch.Tensor) -> bool:
+        return self.channels_last and x.dtype != torch.float64
+
+    def memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the activation layout the networks run in (NHWC when ``channels_last``, except float64,
+        whose convolutions have no NHWC kernels on CPU and only slow down)."""
+        return x.contiguous(memory_format=torch.channels_last if self._nhwc(x) else torch.contiguous_format)
+
     def encode(self, faces: torch.Tensor) -> torch.Tensor:
         """Aligned faces ``[F, 3, R, R]`` in [-1, 1] -> encoder W+ ``[F, num_ws, w_dim]``."""
-        return self.style_encoder(faces)
+        return self.style_encoder(self.memory_format(faces))
 
     def diffuse(self, ws: torch.Tensor, x_T: torch.Tensor, callback: StepCallback | None = None) -> torch.Tensor:
         """Encoder W+ -> visual style prompt W+ (same shape)."""
@@ -159,14 +168,15 @@ class VSPBFRModel(nn.Module):
         if style_sample:
             if not extra_noise:
                 raise ValueError("style_sample needs the extra StyleGAN noise (draw_noise(..., style_sample=True))")
-            feats, img = self.stylegan(prompts, list(noise) + list(extra_noise), None, return_image=True)
+            feats, img = self.stylegan(prompts, list(noise) + list(extra_noise), None, return_image=True,
+                                       channels_last=self._nhwc(prompts))
             return feats[: self.num_bank_features], img
-        feats, _ = self.stylegan(prompts, noise, self.num_bank_features)
+        feats, _ = self.stylegan(prompts, noise, self.num_bank_features, channels_last=self._nhwc(prompts))
         return feats, None
 
     def restore(self, faces: torch.Tensor, bank: list[torch.Tensor], prompts: torch.Tensor, noise: RestoreNoise,
                 bank_scale: float = 1.0) -> torch.Tensor:
-        return self.restoration_net(faces, bank, prompts, noise.z1, noise.z2, noise.inject_index,
+        return self.restoration_net(self.memory_format(faces), bank, prompts, noise.z1, noise.z2, noise.inject_index,
                                     noise.encoder, noise.decoder, bank_scale=bank_scale)
 
     def forward(self, faces: torch.Tensor, noise: RestoreNoise, *, prompt_mix: float = 1.0, bank_scale: float = 1.0,

@@ -239,8 +239,10 @@ def run_fixture(fixture: Path, dtype: torch.dtype) -> tuple[dict[str, torch.Tens
             nets = load_manifest_networks(manifest, ("restoration",), str(manifest_path))
             rn = nets["restoration"].networks["restoration_net"].to(dtype)
             root = manifest_path.parent
-            faces = cast(image_to_input(root / inputs["input"]))
-            bank = [cast(regen_tensor(e)) for e in inputs["feats"]]
+            # the layout the pipeline runs in (NHWC; float64 stays NCHW, see VSPBFRModel.memory_format)
+            nhwc = torch.channels_last if dtype != torch.float64 else torch.contiguous_format
+            faces = cast(image_to_input(root / inputs["input"])).contiguous(memory_format=nhwc)
+            bank = [cast(regen_tensor(e)).contiguous(memory_format=nhwc) for e in inputs["feats"]]
             prompts = cast(regen_tensor(inputs["pre_latent"]))
             ours["pre_latent"] = prompts
             ours["mixing_noise"] = _mixing_noise(tapes)
@@ -273,7 +275,8 @@ def run_fixture(fixture: Path, dtype: torch.dtype) -> tuple[dict[str, torch.Tens
             prompts = model.diffuse(ws, noise.x_T, _ddpm_outputs(ours, False))
             ours["ddpm.out"] = prompts
             # 3. feature bank: the full render (for the style_sample and 1024 goldens) ...
-            feats_all, img = model.stylegan(prompts, noise.stylegan + noise.stylegan_extra, None, return_image=True)
+            feats_all, img = model.stylegan(prompts, noise.stylegan + noise.stylegan_extra, None, return_image=True,
+                                            channels_last=model._nhwc(prompts))
             for k, f in enumerate(feats_all):
                 ours.update(_stats(f"stylegan.feat{k}", f, 16))
             assert img is not None
@@ -287,7 +290,8 @@ def run_fixture(fixture: Path, dtype: torch.dtype) -> tuple[dict[str, torch.Tens
                 if not torch.equal(a, b):
                     raise AssertionError("truncated feature bank differs from the full render")
             # 4. restoration
-            _run_restoration(model.restoration_net, faces, bank, prompts, noise.z1, noise.z2, noise.inject_index,
+            _run_restoration(model.restoration_net, model.memory_format(faces), bank, prompts, noise.z1, noise.z2,
+                             noise.inject_index,
                              noise.encoder, noise.decoder, ours)
             full = model(faces, noise)
             if not torch.equal(full, ours["restored"]):

@@ -87,7 +87,8 @@ class StyleGAN2Synthesis(nn.Module):
         return shapes
 
     def forward(self, ws: torch.Tensor, noise: list[torch.Tensor | None], num_features: int | None = None,
-                return_image: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+                return_image: bool = False, channels_last: bool = False
+                ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Render features from W+.
 
         Args:
@@ -97,6 +98,7 @@ class StyleGAN2Synthesis(nn.Module):
             num_features: stop once this many features exist (``None``: all ``log2(res) - 1``).
             return_image: also run every ToRGB and return the full-resolution RGB image; requires
                 ``num_features=None``.
+            channels_last: run in the NHWC memory layout (faster convolutions on CPU and tensor cores).
         Returns:
             ``(features, image_or_None)``; ``features[k]`` is at resolution ``2**(k+2)``.
         """
@@ -105,6 +107,7 @@ class StyleGAN2Synthesis(nn.Module):
         if return_image and num_features != total:
             raise ValueError("return_image needs every resolution (num_features=None)")
         x = self.input.input.to(ws.dtype).expand(ws.shape[0], -1, -1, -1)
+        x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         x = self.conv1(x, ws[:, 0], noise[0])
         feats = [x]
         skip = self.to_rgb1(x, ws[:, 1]) if return_image else None
