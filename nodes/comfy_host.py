@@ -228,6 +228,8 @@ def save_preview(image_hwc: torch.Tensor, prefix: str = "vspbfr") -> dict[str, s
     from PIL import Image
 
     x = image_hwc.detach().float().cpu()[..., :3]
+    if x.shape[-1] == 1:
+        x = x.expand(-1, -1, 3)
     h, w = x.shape[:2]
     if max(h, w) > PREVIEW_MAX_SIDE:
         s = PREVIEW_MAX_SIDE / max(h, w)

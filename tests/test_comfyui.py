@@ -23,8 +23,8 @@ from conftest import ROOT, shared_path
 from tiny_models import write_tiny_checkpoints
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "comfyui"))
-from server import ComfyServer, Unavailable, comfy_python, fetch_core, png_bytes  # noqa: E402
-from wsclient import WebSocket  # noqa: E402
+from comfyui_server import ComfyServer, Unavailable, comfy_python, fetch_core, png_bytes  # noqa: E402
+from ws_client import WebSocket  # noqa: E402
 
 EXAMPLES = ROOT / "example_workflows"
 DETECTOR = "retinaface_mobile0.25"          # the detector ../shared carries
@@ -230,7 +230,7 @@ def test_unload_models_frees_our_networks(comfy):
 
 
 def test_browser_shows_our_nodes_and_the_web_extension(comfy):
-    from browser import Chromium
+    from comfyui_browser import Chromium
     from make_ui_workflows import GRAPH_TO_PROMPT_JS
 
     try:

@@ -1,5 +1,5 @@
-"""The ComfyUI node pack without ComfyUI: stand-in ``comfy``/``folder_paths`` modules (tests/comfyui/stubs.py),
-tiny VSPBFR networks and the real RetinaFace mobilenet0.25 on a real photo.
+"""The ComfyUI node pack without ComfyUI: stand-in ``comfy``/``folder_paths`` modules
+(tests/comfyui/comfyui_stubs.py), tiny VSPBFR networks and the real RetinaFace mobilenet0.25 on a real photo.
 
 Covers the node table (ids, category, descriptions, tooltips), append-safe model folders, no network at import or
 graph build, the loader (memory manager wrapping, precision, missing-file message), detection/selection/zero faces,
@@ -28,7 +28,7 @@ from conftest import ROOT, shared_path
 from tiny_models import write_tiny_checkpoints
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "comfyui"))
-import stubs  # noqa: E402
+import comfyui_stubs as stubs  # noqa: E402
 
 DETECTOR = "retinaface_mobile0.25"
 NODE_IDS = ("VSPBFRModelLoader", "VSPBFRDetectFaces", "VSPBFRStylePrompt", "VSPBFRRestoreFaces", "VSPBFRPasteFaces",
@@ -228,6 +228,8 @@ def test_zero_faces_pass_through_unchanged_with_count_zero(env, state):
     assert torch.equal(out, blank) and not mask.any()
     result = all_in_one(env, blank)["result"]
     assert result[2] == 0 and torch.equal(result[0], blank)
+    gray = blank[..., :1]                                       # a one-channel IMAGE keeps its layout
+    assert torch.equal(all_in_one(env, gray)["result"][0], gray) and detect(env, gray)["result"][3] == 0
 
 
 # -- restoration -----------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Rebuild ``example_workflows/*.json`` (ComfyUI's UI format) from ``example_workflows/api/*.json``.
 
 The UI format is what ComfyUI's front end writes, so it is produced by that front end: a real ComfyUI (see
-``server.py``) is started, headless Chromium builds each API-format graph node by node with LiteGraph, and
+``comfyui_server.py``) is started, headless Chromium builds each API-format graph node by node with LiteGraph, and
 ``app.graph.serialize()`` is saved.  Run it after changing a node's inputs or an API example::
 
     python tests/comfyui/make_ui_workflows.py
@@ -83,8 +83,8 @@ def layout(prompt: dict) -> dict[str, list[int]]:
 
 def main() -> int:
     sys.path.insert(0, str(HERE))
-    from browser import Chromium
-    from server import ComfyServer, comfy_python, fetch_core
+    from comfyui_browser import Chromium
+    from comfyui_server import ComfyServer, comfy_python, fetch_core
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -14,8 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from server import Unavailable
-from wsclient import DevTools
+from comfyui_server import Unavailable
+from ws_client import DevTools
 
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
