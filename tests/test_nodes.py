@@ -297,7 +297,7 @@ def test_networks_are_loaded_through_the_memory_manager_and_can_be_unloaded(env,
     assert env.model.patcher in patchers and any(isinstance(p.model, torch.nn.Module) and p is not env.model.patcher
                                                  for p in patchers)   # and the detector's
     assert all(memory > 0 for _, memory in state.loads)
-    stubs.sys.modules["comfy.model_management"].unload_all_models()
+    sys.modules["comfy.model_management"].unload_all_models()          # the UI's "Unload models"
     state.loads.clear()
     out = all_in_one(env, env.photo, seed=1)["result"][0]
     assert state.loads and out.shape == env.photo.shape

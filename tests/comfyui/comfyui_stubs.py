@@ -131,7 +131,6 @@ def _folder_paths(models_dir: Path, temp_dir: Path, table: dict) -> types.Module
 
 def load_pack(models_dir: Path, temp_dir: Path, table: dict | None = None) -> types.ModuleType:
     """Install the stubs and import the pack (root ``__init__.py``) as ComfyUI would; returns the package."""
-    global STATE
     STATE.__init__()
     unload_pack()
     table = {} if table is None else table
