@@ -1,7 +1,10 @@
 """Install the VSPBFR pack's missing Python dependencies (ComfyUI-Manager and Automatic1111 run this file).
 
 Reads ``requirements.txt`` beside this file and installs, with ``python -m pip install`` in one call, every
-requirement that is not installed or is older than asked.  Prints nothing and does nothing when all are present.
+requirement that is not installed or is older than asked.  Under Automatic1111 (its ``launch`` module is
+importable only there) the webui's own helpers are used instead: ``launch.is_installed`` for requirements without a
+version, ``launch.run_pip`` to install (the webui's venv, index URL and ``--skip-install``).
+Prints nothing and does nothing when all are present.
 Never installs or upgrades torch, torchvision or torchaudio (the host brings its own build) and never downloads
 model weights (``vspbfr download`` does that, on request).  Standard library only.
 """
@@ -52,9 +55,29 @@ def missing(requirements: list[tuple[str, str]]) -> list[str]:
     return [name + spec for name, spec in requirements if not is_satisfied(name, spec)]
 
 
+def a1111_launch():
+    """A1111's ``launch`` module when A1111 runs this file, else None."""
+    try:
+        import launch
+    except ImportError:
+        return None
+    helpers = (getattr(launch, "run_pip", None), getattr(launch, "is_installed", None))
+    return launch if all(callable(h) for h in helpers) else None
+
+
 def main() -> int:
-    todo = missing(read_requirements())
+    launch = a1111_launch()
+    todo = [name + spec for name, spec in read_requirements() if not is_satisfied(name, spec)
+            and not (launch is not None and not spec and launch.is_installed(name))]
     if not todo:
+        return 0
+    if launch is not None:
+        if getattr(getattr(launch, "args", None), "skip_install", False):
+            print(f"[VSPBFR] missing Python packages, not installed because of --skip-install: {' '.join(todo)}")
+            return 0
+        # run_pip builds a shell command line: quote each requirement (">=" would be a redirection)
+        launch.run_pip("install " + " ".join(f'"{req}"' for req in todo),
+                       desc=f"VSPBFR requirements: {', '.join(todo)}")
         return 0
     print(f"[VSPBFR] installing missing Python packages: {' '.join(todo)}", flush=True)
     return subprocess.call([sys.executable, "-m", "pip", "install", *todo])
