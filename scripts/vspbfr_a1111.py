@@ -88,6 +88,7 @@ class OptionSpec(NamedTuple):
 
 
 DETECTORS = ("retinaface_resnet50", "retinaface_mobile0.25")
+DETECTOR_FROM_SETTINGS = "from settings"        # Extras choice: use the vspbfr_detector setting
 ORDERS = ("left-right", "top-bottom", "area", "score")
 
 SPECS: tuple[OptionSpec, ...] = (
@@ -353,13 +354,13 @@ class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
         det_dir = str(self._detector_file(detector).parent)
         if self.net is not None and self._net_key is not None and self._net_key[0] == key[0]:
             log.info("VSPBFR: switching the face detector to %s", detector)
-            with host_pickle_allowance():
+            with host_model_load_lock(), host_pickle_allowance():
                 self.net.detector = load_detector(detector, [det_dir]).eval()
         else:
             self.release()
             log.info("VSPBFR: loading the networks from %s (detector %s)", key[0], detector)
             low_memory = bool(getattr(shared.cmd_opts, "lowvram", False) or getattr(shared.cmd_opts, "medvram", False))
-            with host_pickle_allowance():
+            with host_model_load_lock(), host_pickle_allowance():
                 try:
                     self.net = VSPBFRPipeline.from_dir(key[0], detector=detector, detector_dir=det_dir,
                                                        low_memory=low_memory)
@@ -489,6 +490,18 @@ def explain_host_pickle_refusal(exc: CheckpointError, models_dir: str) -> Checkp
         f'files to .safetensors, which need no pickle check: cd "{EXTENSION_DIR}" && "{sys.executable}" -m '
         f'vspbfr_core convert "{models_dir}"/*.pt -o "{models_dir}" - or start the webui with '
         "--disable-safe-unpickle.")
+
+
+def host_model_load_lock() -> Any:
+    """A1111's lock around its first checkpoint load, which runs in a background thread at start.
+
+    While it loads, A1111 replaces ``torch.nn.Module.load_state_dict`` for every thread (with a version that
+    does not take ``assign=``, which our loader uses); loading our networks at that moment fails. Other
+    checkpoint loads happen under the queue lock, which generation, Extras and our route hold already.
+    """
+    module = sys.modules.get("modules.sd_models")
+    lock = getattr(getattr(module, "model_data", None), "lock", None)
+    return lock if lock is not None and hasattr(lock, "__enter__") else nullcontext()
 
 
 def prepare_host_memory() -> None:
@@ -679,28 +692,25 @@ class VSPBFRPostprocessing(scripts_postprocessing.ScriptPostprocessing):
     order = EXTRAS_ORDER
 
     def ui(self) -> dict[str, Any]:
+        """Controls with fixed defaults (the webui saves and restores them in ui-config.json); the detector
+        defaults to the "VSPBFR face detector" setting, because which detector is installed is a setting."""
         import gradio as gr
         from modules import ui_components
 
         suffix = getattr(self, "tab_name", "") or ""
-        values = {}
-        for spec in SPECS:
-            try:
-                values[spec.field] = setting_value(spec)
-            except InputError:
-                values[spec.field] = spec.default
 
         def eid(name: str) -> str:
             return f"extras_vspbfr_{name}{suffix}"
 
         def slider(f: str) -> Any:
             s = SPEC_BY_FIELD[f]
-            return gr.Slider(minimum=s.minimum, maximum=s.maximum, step=s.step, value=values[f], label=s.label,
+            return gr.Slider(minimum=s.minimum, maximum=s.maximum, step=s.step, value=s.default, label=s.label,
                              elem_id=eid(f))
 
-        def dropdown(f: str) -> Any:
+        def dropdown(f: str, extra: tuple[str, ...] = ()) -> Any:
             s = SPEC_BY_FIELD[f]
-            return gr.Dropdown(choices=list(s.choices), value=values[f], label=s.label, elem_id=eid(f))
+            return gr.Dropdown(choices=list(extra + s.choices), value=(extra or (s.default,))[0], label=s.label,
+                               elem_id=eid(f))
 
         controls: dict[str, Any] = {}
         with ui_components.InputAccordion(False, label=NAME, elem_id=eid("enable")) as enable:
@@ -710,10 +720,10 @@ class VSPBFRPostprocessing(scripts_postprocessing.ScriptPostprocessing):
                 controls["prompt_mix"] = slider("prompt_mix")
                 controls["bank_scale"] = slider("bank_scale")
             with gr.Row():
-                controls["seed"] = gr.Number(value=values["seed"], precision=0, label="Seed (-1 = random)",
-                                             elem_id=eid("seed"))
-                controls["selection"] = gr.Textbox(value=values["selection"], label=SPEC_BY_FIELD["selection"].label,
-                                                   elem_id=eid("selection"))
+                controls["seed"] = gr.Number(value=SPEC_BY_FIELD["seed"].default, precision=0,
+                                             label="VSPBFR seed (-1 = random)", elem_id=eid("seed"))
+                controls["selection"] = gr.Textbox(value=SPEC_BY_FIELD["selection"].default,
+                                                   label=SPEC_BY_FIELD["selection"].label, elem_id=eid("selection"))
                 controls["order"] = dropdown("order")
             with gr.Row():
                 controls["max_faces"] = slider("max_faces")
@@ -722,14 +732,14 @@ class VSPBFRPostprocessing(scripts_postprocessing.ScriptPostprocessing):
             with gr.Row():
                 controls["color_correction"] = dropdown("color_correction")
                 controls["mask_shape"] = dropdown("mask_shape")
-                controls["detector"] = dropdown("detector")
+                controls["detector"] = dropdown("detector", (DETECTOR_FROM_SETTINGS,))
         return {"enable": enable, **controls}
 
     def process(self, pp: Any, enable: Any = None, **args: Any) -> None:
         # The extras API passes None for every control of third-party scripts: None means "not enabled".
         if not enable:
             return
-        overrides = {k: v for k, v in args.items() if v is not None}
+        overrides = {k: v for k, v in args.items() if v is not None and v != DETECTOR_FROM_SETTINGS}
         if overrides.get("visibility") == 0:
             return
         import numpy as np
@@ -830,7 +840,8 @@ def on_app_started(demo: Any, app: Any) -> None:
     """Add our routes (replacing the ones of an earlier execution: the app lives across UI reloads)."""
     from fastapi import Body
 
-    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in (ROUTE_RESTORE, ROUTE_STATUS)]
+    ours = (ROUTE_RESTORE, ROUTE_STATUS)
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in ours]
     app.openapi_schema = None
 
     def restore_route(payload: dict = Body(...)):  # noqa: B008  (FastAPI's idiom)

@@ -254,8 +254,8 @@ def test_face_selection_settings(tmp_path, weights_dir):
     start(tmp_path, weights_dir, config=MOBILE)
     restorer = restorers()[0]
     image = photo("cf_00.jpg")                     # 4 faces
-    for setting, value, faces in (("vspbfr_selection", "largest", 1), ("vspbfr_selection", "0,2", 2),
-                                  ("vspbfr_max_faces", 3, 3), ("vspbfr_min_size", 2000, 0)):
+    for setting, value, faces in (("vspbfr_selection", "0,2", 2), ("vspbfr_max_faces", 3, 3),
+                                  ("vspbfr_min_size", 2000, 0)):
         for key in ("vspbfr_selection", "vspbfr_max_faces", "vspbfr_min_size"):
             setattr(shared.opts, key, shared.opts.data_labels[key].default)
         setattr(shared.opts, setting, value)
@@ -323,7 +323,8 @@ def test_extras_rgba_keeps_alpha_and_records_infotext(tmp_path, weights_dir):
     ours = [s for s in scripts.scripts_postproc.scripts if s.name == "VSPBFR"][0]
     assert set(ours.controls) == {"enable", "visibility", "prompt_mix", "bank_scale", "seed", "selection", "order",
                                   "max_faces", "min_size", "threshold", "color_correction", "mask_shape", "detector"}
-    assert ours.controls["enable"].value is False and ours.controls["detector"].value == "retinaface_mobile0.25"
+    assert ours.controls["enable"].value is False and ours.controls["detector"].value == "from settings"
+    assert ours.controls["seed"].value == 0 and ours.controls["visibility"].value == 1.0
     assert "weights found" in find_block(webui.demo, "extras_vspbfr_status").value
 
     args = scripts.scripts_postproc.create_args_for_run({"VSPBFR": {"enable": True, "seed": 7, "visibility": 0.9}})
@@ -333,7 +334,8 @@ def test_extras_rgba_keeps_alpha_and_records_infotext(tmp_path, weights_dir):
     out_a = np.asarray(out)
     assert np.array_equal(out_a[..., 3], alpha)
     assert np.any(out_a[..., :3] != rgb)
-    for part in ("VSPBFR seed: 7", "VSPBFR visibility: 0.9", "VSPBFR faces: 1", "VSPBFR detector: retinaface_mobile0.25"):
+    for part in ("VSPBFR seed: 7", "VSPBFR visibility: 0.9", "VSPBFR faces: 1",
+                 "VSPBFR detector: retinaface_mobile0.25"):
         assert part in infotext
     assert out.info["postprocessing"] == infotext
     # not enabled: untouched, nothing recorded
@@ -388,6 +390,34 @@ def test_a1111_pickle_check(tmp_path, weights_dir, monkeypatch):
     with pytest.raises(CheckpointError, match="--disable-safe-unpickle") as info:
         restorers()[0].restore(photo("skimage_astronaut.png"))
     assert "vspbfr_core convert" in str(info.value) and "pickle check refused" in str(info.value)
+
+
+def test_waits_for_the_webui_checkpoint_load(tmp_path, weights_dir, monkeypatch):
+    """While A1111 loads its checkpoint it patches nn.Module.load_state_dict (no ``assign=``); we load after it."""
+    import threading
+    import time
+
+    import torch
+    from modules import sd_models
+
+    start(tmp_path, weights_dir, config=MOBILE)
+    restorer = restorers()[0]
+    original = torch.nn.Module.load_state_dict
+
+    def patched(self, state_dict, strict=True):          # A1111's LoadStateDictOnMeta replacement
+        return original(self, state_dict, strict=strict)
+
+    done: list = []
+    sd_models.model_data.lock.acquire()                   # the startup load is running
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", patched)
+    worker = threading.Thread(target=lambda: done.append(restorer.restore(photo("skimage_astronaut.png"))))
+    worker.start()
+    time.sleep(0.5)
+    assert worker.is_alive() and not done                 # waiting for the lock, not failing
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", original)
+    sd_models.model_data.lock.release()                   # the startup load finished
+    worker.join(120)
+    assert done and restorer.last_run.faces == 1
 
 
 # -- missing weights ------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ def configure(data_dir: str) -> None:
 
 def reset(data_dir: str, *, use_cpu: tuple[str, ...] = ("all",)) -> None:
     """A fresh webui process state (the stand-in modules stay imported)."""
-    from modules import codeformer_model, errors, options, processing, script_callbacks, scripts, shared, shared_options, shared_state
+    from modules import (codeformer_model, errors, options, processing, script_callbacks, scripts, shared,
+                         shared_options, shared_state)
 
     configure(data_dir)
     shared.cmd_opts.use_cpu = list(use_cpu)

@@ -37,7 +37,8 @@ class OptionHTML(OptionInfo):
     def __init__(self, text):
         import gradio as gr
 
-        super().__init__(str(text).strip(), label='', component=lambda **kw: gr.HTML(elem_classes="settings-info", **kw))
+        super().__init__(str(text).strip(), label='',
+                         component=lambda **kw: gr.HTML(elem_classes="settings-info", **kw))
         self.do_not_save = True
 
 

@@ -12,7 +12,7 @@ import inspect
 import os
 import sys
 
-from modules import errors, paths, script_callbacks, script_loading, scripts_postprocessing, shared
+from modules import errors, paths, script_callbacks, script_loading, scripts_postprocessing
 
 AlwaysVisible = object()
 extension_dirs: list[str] = []      # enabled extensions, set by standin.start()
