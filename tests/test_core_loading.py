@@ -222,3 +222,27 @@ def test_garbage_legacy_and_zip_bytes_are_checkpoint_errors(tmp_path: Path) -> N
         p.write_bytes(data)
         with pytest.raises(CheckpointError):
             load_checkpoint(p)
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_restricted_unpickler_fallback_for_old_torch(tiny_files: dict[str, Path], tmp_path: Path,
+                                                     zip_format: bool) -> None:
+    """PyTorch < 2.5 has no safe_globals: the restricted-unpickler path must load the same and refuse the same."""
+    import numpy as np
+
+    from vspbfr_core.checkpoints import _torch_load
+
+    obj = torch.load(tiny_files["restoration_net"], weights_only=False)
+    obj["best_fid"] = np.float64(1.5)
+    p = tmp_path / "rn.pt"
+    torch.save(obj, p, _use_new_zipfile_serialization=zip_format)
+    fast, slow = _torch_load(p, restricted_fallback=False), _torch_load(p, restricted_fallback=True)
+    assert isinstance(slow["args"], argparse.Namespace) and float(slow["best_fid"]) == 1.5
+    assert fast["g_ema"].keys() == slow["g_ema"].keys()
+    assert all(torch.equal(fast["g_ema"][k], slow["g_ema"][k]) for k in fast["g_ema"])
+    marker = tmp_path / "executed"
+    evil = tmp_path / "evil.pt"
+    torch.save({"g_ema": {}, "x": _Evil(str(marker))}, evil, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(UnsafeCheckpointError, match="makedirs"):
+        _torch_load(evil, restricted_fallback=True)
+    assert not marker.exists()

@@ -173,3 +173,20 @@ def test_restore_aligned_crops(pipe: VSPBFRPipeline) -> None:
     assert not torch.equal(res.images, crop)
     with pytest.raises(InputError, match="square"):
         pipe.restore_aligned(crop[:, :, :500])
+
+
+def test_half_precision_keeps_fragile_parts_exact_float32(models_dir: Path) -> None:
+    p = VSPBFRPipeline.from_dir(models_dir, detector=None)
+    cd = {k: v.clone() for k, v in p.model.code_diffuser.state_dict().items()}
+    mlp = {k: v.clone() for k, v in p.model.restoration_net.style.state_dict().items()}
+    p.to("cpu", torch.bfloat16)
+    assert all(torch.equal(v, cd[k]) for k, v in p.model.code_diffuser.state_dict().items())
+    assert all(torch.equal(v, mlp[k]) for k, v in p.model.restoration_net.style.state_dict().items())
+    assert p.model.restoration_net.conv1.modulation.weight.dtype == torch.bfloat16
+    assert p.model.style_encoder.input_layer[1].num_batches_tracked.dtype == torch.long
+    faces = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(0))
+    out = p.restore_aligned(faces, seed=1).images
+    ref = VSPBFRPipeline.from_dir(models_dir, detector=None).restore_aligned(faces, seed=1).images
+    assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.1
+    with pytest.raises(Exception, match="float16 is not supported on CPU"):
+        p.to("cpu", torch.float16)

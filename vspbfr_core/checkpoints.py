@@ -94,13 +94,61 @@ def _check_exists(path: Path) -> None:
         raise ModelNotFoundError(f"model file not found: {path}")
 
 
-def _torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` with the allow-list; other globals are refused, never run."""
+_TORCH_REBUILDERS = frozenset({
+    "_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+    "_rebuild_parameter_with_state", "_rebuild_device_tensor_from_numpy", "_rebuild_meta_tensor_no_storage",
+})
+_DATA_GLOBALS = frozenset({"collections.OrderedDict", "torch.Size", "torch.device", "builtins.set", "_codecs.encode",
+                           "builtins.frozenset", "builtins.bytearray"})
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Fallback for PyTorch < 2.5 (no ``safe_globals``): resolves only tensor-rebuild and data globals."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = f"{module}.{name}"
+        if module == "torch._utils" and name in _TORCH_REBUILDERS:
+            return getattr(torch._utils, name)
+        if module == "torch" and (name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype)):
+            return getattr(torch, name)
+        if full in _DATA_GLOBALS or full in SAFE_GLOBAL_NAMES:
+            if full.startswith("numpy.") and "scalar" in full:
+                for obj in _safe_globals():
+                    if isinstance(obj, tuple) and obj[1] == full:
+                        return obj[0]
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {full} was not an allowed global")
+
+
+class _RestrictedPickleModule:
+    """A ``pickle_module`` for ``torch.load`` whose unpickler refuses every global outside the allow-lists."""
+
+    Unpickler = _RestrictedUnpickler
+    __name__ = "vspbfr_restricted_pickle"
+
+    @staticmethod
+    def load(file: Any, **kwargs: Any) -> Any:
+        return _RestrictedUnpickler(file, **kwargs).load()
+
+
+def _has_safe_globals() -> bool:
+    ser = torch.serialization
+    return hasattr(ser, "safe_globals") and hasattr(ser, "get_unsafe_globals_in_checkpoint")
+
+
+def _torch_load(path: Path, restricted_fallback: bool | None = None) -> Any:
+    """Unpickle a checkpoint without ever running code from it.
+
+    PyTorch >= 2.5: ``weights_only=True`` with the data-only allow-list.  Older PyTorch (A1111 1.10
+    ships 2.1): the same allow-list through a restricted unpickler.  ``torch.serialization.load`` is
+    called directly because some hosts replace ``torch.load`` with wrappers that return ``None``.
+    """
+    use_fallback = (not _has_safe_globals()) if restricted_fallback is None else restricted_fallback
     is_zip = zipfile.is_zipfile(path)
-    if is_zip:
+    if is_zip and not use_fallback:
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        except Exception as exc:  # a damaged archive: let torch.load below produce the precise error
+        except Exception as exc:  # a damaged archive: let the load below produce the precise error
             log.debug("could not scan %s for globals: %s", path, exc)
             unsafe = []
         forbidden = [g for g in unsafe if g not in SAFE_GLOBAL_NAMES]
@@ -111,8 +159,12 @@ def _torch_load(path: Path) -> Any:
                 "Use the official files from the model hub, or convert a trusted file yourself in a separate "
                 "environment.")
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
+        if use_fallback:
+            obj = torch.serialization.load(str(path), map_location="cpu", pickle_module=_RestrictedPickleModule,
+                                           weights_only=False)
+        else:
+            with torch.serialization.safe_globals(_safe_globals()):
+                obj = torch.serialization.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
         match = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if match is None and "weights_only" not in str(exc).lower():
@@ -123,10 +175,13 @@ def _torch_load(path: Path) -> Any:
             f"{path}: refused to load, the pickle needs {name}, which is not on the data-only allow-list. "
             "Loading it could run code.") from exc
     except Exception as exc:  # any other failure of the restricted unpickler means a damaged file
-
         raise CheckpointError(
             f"{path}: cannot read this file as a PyTorch checkpoint ({type(exc).__name__}: {exc}). It is probably "
             "truncated or corrupt: download it again (vspbfr download).") from exc
+    if obj is None:
+        raise CheckpointError(f"{path}: the file unpickled to None; it is not a checkpoint (or a host's torch.load "
+                              "wrapper refused it)")
+    return obj
 
 
 def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:

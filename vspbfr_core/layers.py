@@ -3,8 +3,10 @@
 Paper: VSPBFR, Pattern Recognition 2025, Sec. 3 (the StyleGAN2 building blocks it reuses).
 Numerics follow the official code's CPU paths: the biased leaky ReLU is
 ``leaky_relu(x + b, 0.2) * sqrt(2)`` and ``upfirdn2d`` is zero-insertion, padding and a true
-convolution with the FIR kernel.  Modulation is applied to the activations instead of the weights
-(``conv(x * s, W) * d`` equals ``conv(x, W * s * d)`` exactly in real arithmetic), which keeps one
+convolution with the FIR kernel.  Modulated convolutions scale the weights per sample exactly as
+the official code does (``scale * weight * style``, then demodulation) and run one convolution per
+sample on CPU or for a single face; for batches on an accelerator they modulate the activations
+instead (``conv(x * s, W) * d`` equals ``conv(x, W * s * d)`` in real arithmetic), which keeps one
 weight tensor for the whole batch and avoids grouped convolutions.
 """
 from __future__ import annotations
@@ -27,6 +29,13 @@ def bias_lrelu(x: torch.Tensor, bias: torch.Tensor | None, slope: float = 0.2, g
         shape = [1, -1] + [1] * (x.ndim - 2)
         x = x + bias.to(x.dtype).view(shape)
     return F.leaky_relu(x, slope) * gain
+
+
+def bias_lrelu_(x: torch.Tensor, bias: torch.Tensor | None, slope: float = 0.2, gain: float = SQRT2) -> torch.Tensor:
+    """In-place :func:`bias_lrelu` on a temporary ``x`` (a fresh convolution output)."""
+    if bias is not None:
+        x.add_(bias.to(x.dtype).view([1, -1] + [1] * (x.ndim - 2)))
+    return F.leaky_relu_(x, slope).mul_(gain)
 
 
 def pixel_norm(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -125,9 +134,11 @@ class NoiseInjection(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None, inplace: bool = False) -> torch.Tensor:
         if noise is None:
             return x
+        if inplace:
+            return x.addcmul_(noise.to(x.dtype), self.weight.to(x.dtype))
         return x + self.weight.to(x.dtype) * noise.to(x.dtype)
 
 
@@ -152,6 +163,45 @@ def demodulation(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
     return torch.rsqrt(styles.square() @ w2.t() + 1e-8)   # [B, out]
 
 
+def modulated_weights(weight: torch.Tensor, scale: float, styles: torch.Tensor, demodulate: bool) -> torch.Tensor:
+    """Per-sample kernels ``[B, out, in, k, k]`` from ``weight [1, out, in, k, k]`` (official order of operations)."""
+    w = scale * weight.to(styles.dtype) * styles[:, None, :, None, None]
+    if demodulate:
+        w = w * torch.rsqrt(w.square().sum(dim=(2, 3, 4)) + 1e-8)[:, :, None, None, None]
+    return w
+
+
+def per_sample_weights(x: torch.Tensor) -> bool:
+    """Whether modulated convolutions scale the weights (one conv per sample) or the activations."""
+    return x.shape[0] == 1 or x.device.type == "cpu"
+
+
+Mode = str   # "same" | "up" | "down"
+
+
+def modulated_conv(x: torch.Tensor, weight: torch.Tensor, scale: float, styles: torch.Tensor, demodulate: bool, *,
+                   mode: Mode = "same", padding: int = 0, dilation: int = 1) -> torch.Tensor:
+    """``x [B, in, H, W]`` convolved with ``weight [1, out, in, k, k]`` modulated by ``styles [B, in]``.
+
+    ``mode="up"`` is the stride-2 transposed convolution (``2H + 1``) and ``"down"`` the stride-2
+    convolution of an already blurred input; the FIR filtering around them is the caller's.
+    """
+    def conv(inp: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if mode == "up":
+            return F.conv_transpose2d(inp, w.transpose(0, 1), stride=2)
+        return F.conv2d(inp, w, stride=2 if mode == "down" else 1, padding=padding, dilation=dilation)
+
+    if per_sample_weights(x):
+        w = modulated_weights(weight, scale, styles, demodulate)
+        outs = [conv(x[b:b + 1], w[b]) for b in range(x.shape[0])]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+    w = weight[0].to(x.dtype) * scale                       # [out, in, k, k], shared by the batch
+    y = conv(x * styles[:, :, None, None], w)
+    if demodulate:
+        y = y * demodulation(w, styles)[:, :, None, None]
+    return y
+
+
 class ModulatedConv2d(nn.Module):
     """StyleGAN2 modulated convolution (optional demodulation, 2x up- or down-sampling).
 
@@ -173,20 +223,13 @@ class ModulatedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         s = self.modulation(style)                                  # [B, in]
-        w = self.weight[0].to(x.dtype) * self.scale                 # [out, in, k, k]
-        x = x * s[:, :, None, None]
         if self.upsample:
-            x = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)  # [B, out, 2H+1, 2W+1]
-        elif self.downsample:
+            y = modulated_conv(x, self.weight, self.scale, s, self.demodulate, mode="up")   # [B, out, 2H+1, 2W+1]
+            return fir_filter(y, self.blur.kernel, (1, 1))
+        if self.downsample:
             x = fir_filter(x, self.blur.kernel, (2, 2))
-            x = F.conv2d(x, w, stride=2)
-        else:
-            x = F.conv2d(x, w, padding=self.padding)
-        if self.demodulate:
-            x = x * demodulation(w, s)[:, :, None, None]
-        if self.upsample:
-            x = fir_filter(x, self.blur.kernel, (1, 1))
-        return x
+            return modulated_conv(x, self.weight, self.scale, s, self.demodulate, mode="down")
+        return modulated_conv(x, self.weight, self.scale, s, self.demodulate, padding=self.padding)
 
 
 class StyledConv(nn.Module):
@@ -200,7 +243,8 @@ class StyledConv(nn.Module):
         self.activate = FusedLeakyReLU(out_ch)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        return self.activate(self.noise(self.conv(x, style), noise))
+        y = self.noise(self.conv(x, style), noise, inplace=True)      # the conv output is a fresh tensor
+        return bias_lrelu_(y, self.activate.bias)
 
 
 class ToRGB(nn.Module):

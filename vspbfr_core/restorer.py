@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import (ConvLayer, EqualConv2d, EqualLinear, FusedLeakyReLU, MappingNetwork, NoiseInjection,
-                     StyledConv, ToRGB, demodulation)
+                     StyledConv, ToRGB, bias_lrelu_, modulated_conv)
 
 __all__ = ["RestorationConfig", "RestorationNet", "SMARTLayer", "VSPBFR_RESTORER_512"]
 
@@ -91,14 +91,11 @@ class SMARTLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         s = self.modulation(style)                       # [B, in], shared by the four branches
-        xs = x * s[:, :, None, None]
-        branches = []
-        for branch, r in zip(self.ModulatedConv2ds, DILATIONS):
-            w = branch.weight[0].to(x.dtype) * branch.scale
-            y = F.conv2d(xs, w, padding=r, dilation=r)
-            branches.append(y * demodulation(w, s)[:, :, None, None])
-        y = self.fusion(torch.cat(branches, dim=1))
-        return self.activate(self.noise(y, noise))
+        branches = [modulated_conv(x, branch.weight, branch.scale, s, True, padding=r, dilation=r)
+                    for branch, r in zip(self.ModulatedConv2ds, DILATIONS)]
+        conv, act = self.fusion[0], self.fusion[1]
+        y = bias_lrelu_(conv(torch.cat(branches, dim=1)), act.bias)
+        return bias_lrelu_(self.noise(y, noise, inplace=True), self.activate.bias)
 
 
 class LargeConvLayer(nn.Module):
