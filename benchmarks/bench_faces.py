@@ -120,16 +120,18 @@ def run_facexlib(helper, images: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.stack(outs), faces
 
 
-def timed(fn, repeats: int, sync) -> tuple[float, object]:
-    result = fn()                                          # warm-up (also checks the face count)
-    times = []
+def timed_interleaved(fns: dict[str, object], repeats: int, sync) -> tuple[dict[str, float], dict[str, object]]:
+    """Median seconds per function; the functions take turns so background load hits them alike."""
+    results = {name: fn() for name, fn in fns.items()}      # warm-up (also gives the face counts)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), result
+        for name, fn in fns.items():
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}, results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,19 +162,23 @@ def main(argv: list[str] | None = None) -> int:
         print("facexlib is not installed: its column is skipped (pip install facexlib)")
 
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"torch {torch.__version__}, median of {args.repeats} after one warm-up")
+          f"torch {torch.__version__}, median of {args.repeats} interleaved runs after one warm-up")
     header = f"{'workload':<10} {'input':<20} {'faces':>5} {'ours s':>8} {'ours@fx-res s':>13} {'facexlib s':>10} {'fx/ours':>8}"
     print(header)
     print("-" * len(header))
     for name, (images, expected) in workloads().items():
         b, h, w, _ = images.shape
         fx_long = round(max(h, w) * 640 / min(h, w))          # facexlib: short side -> 640
-        t_ours, (_, n_ours) = timed(lambda: run_ours(detector, images, device, 640), args.repeats, sync)
-        t_match, _ = timed(lambda: run_ours(detector, images, device, fx_long), args.repeats, sync)
+        fns = {"ours": lambda: run_ours(detector, images, device, 640),
+               "match": lambda: run_ours(detector, images, device, fx_long)}
+        if helper is not None:
+            fns["fx"] = lambda: run_facexlib(helper, images)
+        times, results = timed_interleaved(fns, args.repeats, sync)
+        t_ours, t_match, n_ours = times["ours"], times["match"], results["ours"][1]
         fx_cell, ratio_cell = "n/a", "n/a"
         n_fx = None
         if helper is not None:
-            t_fx, (_, n_fx) = timed(lambda: run_facexlib(helper, images), args.repeats, lambda: None)
+            t_fx, n_fx = times["fx"], results["fx"][1]
             fx_cell, ratio_cell = f"{t_fx:10.3f}", f"{t_fx / t_ours:7.2f}x"
         counts = f"{n_ours}" if n_fx in (None, n_ours) else f"{n_ours}/{n_fx}"
         if n_ours != expected:

@@ -45,6 +45,14 @@ def _describe(x: torch.Tensor) -> str:
     return f"shape {tuple(x.shape)}, dtype {str(x.dtype).replace('torch.', '')}, device {x.device}"
 
 
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """A view of ``x`` with its dimensions in memory order, so whole-tensor reductions need no copy
+    (a host IMAGE permuted to BCHW is not contiguous, but its memory is)."""
+    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))
+    view = x.permute(order)
+    return view if view.is_contiguous() else x
+
+
 def _check_values(x: torch.Tensor, name: str, check_range: bool) -> torch.Tensor:
     import torch
 
@@ -53,7 +61,7 @@ def _check_values(x: torch.Tensor, name: str, check_range: bool) -> torch.Tensor
         raise InputError(f"{name}: expected a floating point tensor in [0, 1], got {_describe(x)}{hint}")
     if x.numel() == 0:
         raise InputError(f"{name}: the tensor is empty ({_describe(x)})")
-    lo_t, hi_t = torch.aminmax(x)                    # one pass; NaN propagates, inf shows as a bound
+    lo_t, hi_t = torch.aminmax(_dense(x))            # one pass; NaN propagates, inf shows as a bound
     lo, hi = float(lo_t), float(hi_t)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = int((~torch.isfinite(x)).sum())

@@ -23,6 +23,7 @@ from .detect import Detections
 
 __all__ = [
     "FFHQ_TEMPLATE_512", "AlignedFaces", "face_template", "estimate_similarity", "invert_affine", "align_faces",
+    "affine_grid",
     "pixel_to_normalized", "normalized_to_pixel",
 ]
 
@@ -147,17 +148,44 @@ def align_faces(images: torch.Tensor, detections: Detections, size: int = 512, *
     theta = (pixel_to_normalized(height, width, device=device) @ _to3x3(inverse)
              @ normalized_to_pixel(size, size, device=device))[:, :2]
     work = torch.float64 if dtype == torch.float64 else torch.float32   # half-precision grids would be off by pixels
-    grid = F.affine_grid(theta.to(work), [count, channels, size, size], align_corners=False)   # [F, S, S, 2]
+    grid = affine_grid(theta, size, size, work)                                      # [F, S, S, 2]
+    index = detections.image_index.cpu()
+    parts = []
+    for b in torch.unique(index).tolist():                   # one call per image, all its faces at once
+        sel = torch.nonzero(index == b, as_tuple=True)[0]
+        lo, n = int(sel[0]), sel.numel()
+        g = grid[lo:lo + n] if int(sel[-1]) == lo + n - 1 else grid[sel.to(device)]
+        source = images[b:b + 1].to(work).expand(n, -1, -1, -1)                      # no copy of the image
+        parts.append(F.grid_sample(source, g, mode="bilinear", padding_mode=padding_mode, align_corners=False))
+    if len(parts) == 1:
+        crops = parts[0]
+    elif bool((index[1:] >= index[:-1]).all()):
+        crops = torch.cat(parts)
+    else:                                                    # detections not grouped by image: scatter back
+        crops = images.new_empty(count, channels, size, size, dtype=work)
+        for b, part in zip(torch.unique(index).tolist(), parts):
+            crops[torch.nonzero(index == b, as_tuple=True)[0].to(device)] = part
     image_index = detections.image_index.to(device)
-    crops = images.new_empty(count, channels, size, size)
-    for b in torch.unique(detections.image_index).tolist():
-        sel = torch.nonzero(detections.image_index == b, as_tuple=True)[0].to(device)
-        g = grid[sel].reshape(1, sel.numel() * size, size, 2)                       # all faces of image b
-        out = F.grid_sample(images[b:b + 1].to(work), g, mode="bilinear", padding_mode=padding_mode,
-                            align_corners=False)                                     # [1, C, n*S, S]
-        crops[sel] = out.view(channels, sel.numel(), size, size).transpose(0, 1).to(dtype)
-    return AlignedFaces(crops.clamp_(0.0, 1.0), affine.float(), inverse.float(), image_index, size,
-                        (height, width), batch)
+    crops = crops.clamp_(0.0, 1.0).to(dtype)                  # bilinear weights can overshoot 1 by an ulp
+    return AlignedFaces(crops, affine.float(), inverse.float(), image_index, size, (height, width), batch)
+
+
+def affine_grid(theta: torch.Tensor, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``F.affine_grid(theta, [N, C, height, width], align_corners=False)``, built by broadcasting.
+
+    Two broadcast additions instead of a batched matrix product over every pixel (several times
+    faster on CPU); ``theta`` may be float64, the grid is made in ``dtype``.
+    """
+    n, device = theta.shape[0], theta.device
+    xs = ((torch.arange(width, dtype=torch.float64, device=device) * 2 + 1) / width - 1).to(dtype)
+    ys = ((torch.arange(height, dtype=torch.float64, device=device) * 2 + 1) / height - 1).to(dtype)
+    th = theta.to(dtype)
+    grid = torch.empty(n, height, width, 2, dtype=dtype, device=device)
+    for k in range(2):
+        column = th[:, k, 1, None, None] * ys.view(1, -1, 1) + th[:, k, 2, None, None]   # [N, H, 1]
+        row = th[:, k, 0, None, None] * xs.view(1, 1, -1)                                # [N, 1, W]
+        torch.add(column, row, out=grid[..., k])
+    return grid
 
 
 def _check_detections(dets: Detections, batch: int, height: int, width: int, where: str) -> None:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..image import check_bchw
-from .align import AlignedFaces, _to3x3, normalized_to_pixel, pixel_to_normalized
+from .align import AlignedFaces, _to3x3, affine_grid, normalized_to_pixel, pixel_to_normalized
 
 __all__ = ["FEATHER_DEFAULT", "paste_faces", "face_mask", "mask_from_crop_coords", "color_correct"]
 
@@ -310,7 +310,7 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
         # region normalised -> region pixel -> output pixel -> restored pixel -> restored normalised
         theta = (pixel_to_normalized(res, res, device=device) @ out_to_res[idx] @ shift
                  @ normalized_to_pixel(rh, rw, device=device))[:, :2]
-        grid = F.affine_grid(theta.to(work), [len(idx), channels, rh, rw], align_corners=False)  # [G, rh, rw, 2]
+        grid = affine_grid(theta, rh, rw, work)                                             # [G, rh, rw, 2]
         contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
         source = faces[idx[0]:idx[0] + len(idx)] if contiguous else faces[idx]
         sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
