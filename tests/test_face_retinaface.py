@@ -163,3 +163,33 @@ def test_matches_facexlib_retinaface_on_real_photos(weights_dir):
         np.testing.assert_allclose(dets.boxes.numpy(), ref[:, :4], atol=0.02, err_msg=path.name)
         np.testing.assert_allclose(dets.landmarks.reshape(-1, 10).numpy(), ref[:, 5:], atol=0.02, err_msg=path.name)
         np.testing.assert_allclose(dets.scores.numpy(), ref[:, 4], atol=1e-4, err_msg=path.name)
+
+
+def test_folded_batchnorm_equals_the_plain_modules_and_follows_weight_changes(weights_dir, monkeypatch):
+    import vspbfr_core.face.retinaface as rf
+
+    det = load_detector("retinaface_mobile0.25", weights_dir)
+    x = det.preprocess(torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        fused = det(x)
+        with monkeypatch.context() as m:
+            m.setattr(rf, "_conv_bn_forward", lambda y, conv, bn: bn(conv(y)))
+            plain = det(x)
+        for a, b in zip(fused, plain):
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+        sd = det.state_dict()
+        sd["body.stage1.0.1.weight"] = sd["body.stage1.0.1.weight"] * 0.5       # new weights, same storage
+        det.load_state_dict(sd)
+        changed = det(x)
+        with monkeypatch.context() as m:
+            m.setattr(rf, "_conv_bn_forward", lambda y, conv, bn: bn(conv(y)))
+            expected = det(x)
+    assert not torch.allclose(changed[0], fused[0])
+    assert torch.allclose(changed[0], expected[0], atol=1e-4, rtol=1e-4)
+
+
+def test_resnet50_builds_and_runs_on_random_weights():
+    net = RetinaFaceDetector(RESNET50, "retinaface_resnet50").eval()
+    with torch.no_grad():
+        loc, scores, lms = net(net.preprocess(torch.rand(1, 3, 64, 96)))
+    assert loc.shape == (1, prior_boxes(RESNET50, 64, 96).shape[0], 4) and torch.isfinite(scores).all()

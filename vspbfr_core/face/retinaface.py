@@ -14,6 +14,10 @@ dictated by the files (``ClassHead``, ``conv3X3``, ``conv7x7_3``...), not by our
 Input convention of the weights: BGR channel order, 0..255 values minus the per-channel mean
 (104, 117, 123), no scaling.  :meth:`RetinaFaceDetector.preprocess` builds that from an RGB [0, 1]
 tensor on the caller's device, in float.
+
+In eval mode every convolution + BatchNorm pair runs as one convolution with the normalisation folded
+in (computed from the loaded tensors, cached, and recomputed if they change), which is the same
+function to float rounding; in train mode the modules run as they are.
 """
 from __future__ import annotations
 
@@ -68,8 +72,50 @@ RESNET50 = RetinaFaceConfig(backbone="resnet50", out_channels=256)
 # [conv, bn] or [conv, bn, activation].
 
 
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Convolution weight and bias with an eval-mode BatchNorm folded in; cached until a tensor changes."""
+    tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors if t is not None)
+    cached = conv.__dict__.get("_vspbfr_folded")
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    with torch.no_grad():
+        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        weight = (conv.weight.double() * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype)
+        bias = bn.bias.double() - bn.running_mean.double() * scale
+        if conv.bias is not None:
+            bias = bias + conv.bias.double() * scale
+        bias = bias.to(conv.weight.dtype)
+    conv.__dict__["_vspbfr_folded"] = (key, weight, bias)
+    return weight, bias
+
+
+def _conv_bn_forward(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """``bn(conv(x))``; in eval mode one convolution with the normalisation folded into it."""
+    if bn.training or bn.running_mean is None or bn.running_var is None:
+        return bn(conv(x))
+    weight, bias = _folded(conv, bn)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class ConvBN(nn.Sequential):
+    """``[conv, bn]`` or ``[conv, bn, activation]`` (the released keys index this Sequential)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _conv_bn_forward(x, self[0], self[1])
+        return self[2](y) if len(self) > 2 else y
+
+
+class SeparableConvBN(nn.Sequential):
+    """MobileNet-v1 unit: depthwise 3x3 + BN + act (keys .0/.1), pointwise 1x1 + BN + act (.3/.4)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self[2](_conv_bn_forward(x, self[0], self[1]))
+        return self[5](_conv_bn_forward(y, self[3], self[4]))
+
+
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, slope: float | None = None
-             ) -> nn.Sequential:
+             ) -> ConvBN:
     """Conv (no bias) + BatchNorm, then LeakyReLU(slope) unless slope is None."""
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
@@ -77,12 +123,11 @@ def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
     ]
     if slope is not None:
         layers.append(nn.LeakyReLU(slope, inplace=True))
-    return nn.Sequential(*layers)
+    return ConvBN(*layers)
 
 
-def _separable(cin: int, cout: int, stride: int, slope: float = 0.1) -> nn.Sequential:
-    """MobileNet-v1 unit: depthwise 3x3 + BN + act, pointwise 1x1 + BN + act (keys .0/.1 and .3/.4)."""
-    return nn.Sequential(
+def _separable(cin: int, cout: int, stride: int, slope: float = 0.1) -> SeparableConvBN:
+    return SeparableConvBN(
         nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
         nn.LeakyReLU(slope, inplace=True),
         nn.Conv2d(cin, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout),
@@ -131,10 +176,10 @@ class Bottleneck(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        y = F.relu(self.bn2(self.conv2(y)), inplace=True)
-        y = self.bn3(self.conv3(y))
+        identity = x if self.downsample is None else _conv_bn_forward(x, self.downsample[0], self.downsample[1])
+        y = F.relu(_conv_bn_forward(x, self.conv1, self.bn1), inplace=True)
+        y = F.relu(_conv_bn_forward(y, self.conv2, self.bn2), inplace=True)
+        y = _conv_bn_forward(y, self.conv3, self.bn3)
         return F.relu(y + identity, inplace=True)
 
 
@@ -154,7 +199,7 @@ class ResNet50Body(nn.Module):
             setattr(self, f"layer{index + 1}", nn.Sequential(*layer))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        x = F.relu(_conv_bn_forward(x, self.conv1, self.bn1), inplace=True)
         x = F.max_pool2d(x, 3, 2, 1)
         x = self.layer1(x)
         c3 = self.layer2(x)          # [N, 512, H/8, W/8]
@@ -248,10 +293,15 @@ class RetinaFaceDetector(nn.Module):
         return f"name={self.name!r}, backbone={self.config.backbone!r}"
 
     def preprocess(self, rgb: torch.Tensor) -> torch.Tensor:
-        """RGB ``[N, 3, h, w]`` in [0, 1] -> the weights' input (BGR, 0..255 minus the mean), float."""
+        """RGB ``[N, 3, h, w]`` in [0, 1] -> the weights' input (BGR, 0..255 minus the mean), float.
+
+        One pass: channel swap, scale and mean subtraction as a single 1x1 convolution.
+        """
         weight = self.fpn.output1[0].weight
-        x = rgb.to(device=weight.device, dtype=weight.dtype).flip(1) * 255.0
-        return x - self.mean_bgr.to(dtype=x.dtype)
+        swap = torch.zeros(3, 3, 1, 1, dtype=weight.dtype, device=weight.device)
+        swap[0, 2] = swap[1, 1] = swap[2, 0] = 255.0
+        bias = -self.mean_bgr.reshape(3).to(dtype=weight.dtype, device=weight.device)
+        return F.conv2d(rgb.to(device=weight.device, dtype=weight.dtype), swap, bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feats = self.fpn(self.body(x))
