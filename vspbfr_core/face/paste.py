@@ -16,10 +16,17 @@ the crop:
 default 50, at most 230).  The mask is 0 one crop pixel inside the crop border, so the zero padding
 beyond the crop is never blended in.
 
-By default (``keep_detail``) what is warped back is the change ``restored - original crop``, added to
-the original: bilinear warping there and back is not lossless (sharp edges lose up to ~40/255), so
-pasting the crop itself would blur the original wherever the restorer changed nothing, and an
-unmodified crop would not paste back exactly.  With the change pasted, it does, bit for bit.
+Bilinear warping there and back is not lossless: sharp edges come back up to ~40/255 off, and a face
+larger than the crop loses its finest detail.  So by default (``keep_detail``) the paste keeps the
+original's *residual* ``R = original - warp_back(original crop)`` wherever the restorer left the image
+alone, and drops it where the restorer changed it::
+
+    target = warp_back(restored) + g * R,   g = clamp(1 - local_mean|warp_back(restored - crop)| / 3/255, 0, 1)
+
+(local mean over 5 x 5 output pixels).  An unmodified crop therefore pastes back to float rounding (g = 1),
+the untouched background inside the crop square is not softened, and where a restorer denoised or
+rebuilt the face (changes of several levels) its result is pasted as it is, without the original's
+grain (a residual added everywhere would bring back about a third of the original's pixel noise).
 
 Overlapping faces are composited one after another in detection order (later faces on top, each with
 its own alpha); the returned mask is the union ``1 - prod(1 - m_k)`` of the face masks (without the
@@ -53,6 +60,8 @@ ELLIPSE_CENTRE = (0.5, 0.5)      # centre of the ellipse mask, fraction of the c
 STD_RATIO_LIMITS = (0.5, 2.0)    # "meanstd" never scales a channel's contrast beyond these factors
 FEATHER_DEFAULT = 50.0           # soft-edge width in pixels of a 512 crop (FaceRestoreHelper: about 51)
 FEATHER_MAX = 230.0              # wider ramps would not reach 1 anywhere in the crop
+DETAIL_CHANGE = 3.0 / 255.0      # keep_detail: local mean change at which the original's residual is dropped
+DETAIL_WINDOW = 5                # keep_detail: local mean over this many output pixels (odd)
 GROUP_WASTE = 2.0                # faces are warped together while padding costs at most this factor
 
 
@@ -216,11 +225,9 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
         color_correction: ``None``, ``"meanstd"`` or ``"wavelet"`` (against the aligned original crop).
         upscale: output size factor; the background is resized (bicubic) and faces are pasted at
             the new scale, so a larger ``R`` keeps its detail.
-        keep_detail: paste the *change* ``restored - original crop`` (warped back) onto the original
-            instead of the restored crop itself.  The two differ only by what the crop cannot carry:
-            the resampling loss of the two bilinear warps (up to ~40/255 at sharp edges) and, for faces
-            larger than the crop, the original's detail finer than the crop's pixels.  With it an
-            unmodified crop pastes back bit-exactly; set False to paste the restored pixels as they are.
+        keep_detail: keep the original's pixels where the restorer changed nothing (see the module
+            docstring): an unmodified crop pastes back to float rounding and untouched areas inside the crop are
+            not softened by the two resampling steps.  False pastes the resampled restored crop as is.
 
     Returns:
         ``(images [B, C, H', W'], mask [B, H', W'])`` with ``H' = round(H * upscale)``; the mask is the
@@ -272,8 +279,6 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
                                      antialias=original.shape[-1] > res)
         if color_correction is not None:
             faces = color_correct(faces, original, color_correction)
-        if keep_detail:
-            faces = faces - original                 # [F, C, R, R] the restoration's change
 
     # output pixel -> input pixel -> crop pixel (aligned.size) -> restored pixel (res), all pixel centres
     f64 = torch.float64
@@ -299,7 +304,7 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
 
     # the mask is the same in every crop: sample one template with each face's grid
     template = face_mask(res, mask_shape, float(feather), dtype=work, device=device)       # [R, R]
-    warped: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    warped: dict[int, tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]] = {}
     for group in _group_faces([areas[k] for k in visible]):
         idx = sorted(visible[g] for g in group)
         rh = max(boxes[k][3] - boxes[k][1] for k in idx)
@@ -312,13 +317,20 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
                  @ normalized_to_pixel(rh, rw, device=device))[:, :2]
         grid = affine_grid(theta, rh, rw, work)                                             # [G, rh, rw, 2]
         contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
-        source = faces[idx[0]:idx[0] + len(idx)] if contiguous else faces[idx]
-        sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        pick = slice(idx[0], idx[0] + len(idx)) if contiguous else idx
+        sampled = F.grid_sample(faces[pick], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         alpha = F.grid_sample(template.expand(len(idx), 1, res, res), grid, mode="bilinear", padding_mode="zeros",
                               align_corners=False)                                         # [G, 1, rh, rw]
+        if keep_detail:
+            before = F.grid_sample(original[pick], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            change = (sampled - before).abs().amax(dim=1, keepdim=True)                    # [G, 1, rh, rw]
+            change = F.avg_pool2d(change, DETAIL_WINDOW, 1, DETAIL_WINDOW // 2, count_include_pad=False)
+            keep = (1.0 - change / DETAIL_CHANGE).clamp_(0.0, 1.0)                         # 1: restorer left it
         for j, k in enumerate(idx):
             x0, y0, x1, y1 = boxes[k]
-            warped[k] = (sampled[j, :, :y1 - y0, :x1 - x0], alpha[j, :, :y1 - y0, :x1 - x0])
+            crop = (slice(None), slice(0, y1 - y0), slice(0, x1 - x0))
+            extra = (before[j][crop], keep[j][crop]) if keep_detail else None
+            warped[k] = (sampled[j][crop], alpha[j][crop], extra)
 
     # composite in detection order (later faces on top); ``base`` is the original the changes apply to
     image_index = aligned.image_index.tolist()
@@ -332,8 +344,12 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
     for k in visible:
         b = image_index[k]
         x0, y0, x1, y1 = boxes[k]
-        face, alpha = warped[k]
-        target = (base_regions[k].to(work) + face) if keep_detail else face.clone()
+        face, alpha, extra = warped[k]
+        if extra is not None:                          # restored + kept residual of the original
+            before, keep = extra
+            target = torch.addcmul(face, keep, base_regions[k].to(work) - before)
+        else:
+            target = face.clone()
         target.clamp_(0.0, 1.0)
         blend = alpha * float(visibility) if float(visibility) != 1.0 else alpha
         region = out[b, :, y0:y1, x0:x1]
