@@ -329,7 +329,7 @@ def _detection_size(height: int, width: int, detect_size: int) -> tuple[int, int
     return max(1, round(height * s)), max(1, round(width * s))
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def detect_faces(detector: RetinaFaceDetector, images: torch.Tensor, *, threshold: float = DEFAULT_THRESHOLD,
                  min_size: float = 0.0, max_faces: int = 0, selection: str = "all", order: Order = "left-right",
                  detect_size: int = 640, nms_iou: float = NMS_IOU) -> Detections:
