@@ -335,3 +335,5 @@ def test_other_float_dtypes(astronaut, dtype):
     assert out.dtype == dtype and mask.dtype == dtype
     same, _ = paste_faces(x, aligned.crops, aligned)
     assert torch.allclose(same.double(), x.double(), atol=1e-6)
+    big, mask = paste_faces(x, aligned.crops, aligned, upscale=1.5, color_correction="meanstd")
+    assert big.shape == (1, 3, 768, 768) and big.dtype == dtype and mask.shape == (1, 768, 768)

@@ -6,7 +6,9 @@ size F with an ``image_index`` map.  Steps of :func:`detect_faces`:
 1. IMAGE ``[B, H, W, C]`` (C = 1, 3 or 4) -> RGB ``[B, 3, H, W]`` through :mod:`vspbfr_core.image`.
 2. Resize to a copy whose long side is at most ``detect_size`` (antialiased, float, on the detector's
    device).  Never upscaled.  Coordinates are mapped back with the exact per-axis factors ``W / w`` and
-   ``H / h`` (pixel-edge convention: a coordinate ``x`` in the copy is ``x * W / w`` in the input).
+   ``H / h`` (``x * W / w``, the mapping facexlib applies after its own resize; which half-pixel
+   convention the network's outputs follow is not documented, and on the real photos the difference
+   is below the detector's own jitter).
 3. One network pass per chunk of images, score threshold, box / landmark decoding of the survivors,
    per-image non-maximum suppression (IoU 0.4) in one ``batched_nms`` call (torchvision's when it is
    installed, as in every ComfyUI / A1111 install; a plain-torch equivalent otherwise).
@@ -74,8 +76,9 @@ ModelDirs = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 class Detections:
     """Faces found in an image batch, flattened; ordered by image index, then by the chosen order.
 
-    All tensors live on the CPU unless moved with :meth:`to`; coordinates are input-image pixels
-    (float32, x to the right, y down; a pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``).
+    All tensors live on the CPU unless moved with :meth:`to`.  Coordinates are input-image pixels
+    (float32, x to the right, y down), the numbers RetinaFace reports (facexlib gives the same); the
+    alignment reads integer coordinates as pixel centres, as OpenCV and FaceRestoreHelper do.
     """
 
     image_index: torch.Tensor    # [F] long: which image of the batch each face belongs to

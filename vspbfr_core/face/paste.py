@@ -263,8 +263,9 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
         out = images.clone()
     else:
         antialias = out_h < height or out_w < width
-        out = F.interpolate(images, size=(out_h, out_w), mode="bicubic", align_corners=False,
-                            antialias=antialias).clamp_(0.0, 1.0)
+        resample = torch.float64 if images.dtype == torch.float64 else torch.float32
+        out = F.interpolate(images.to(resample), size=(out_h, out_w), mode="bicubic", align_corners=False,
+                            antialias=antialias).clamp_(0.0, 1.0).to(images.dtype)
     mask = images.new_zeros(batch, out_h, out_w)
     if count == 0 or float(visibility) == 0.0:
         return out, mask
