@@ -161,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("facexlib is not installed: its column is skipped (pip install facexlib)")
 
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+    what = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"device {device} ({what}), "
           f"torch {torch.__version__}, median of {args.repeats} interleaved runs after one warm-up")
-    header = f"{'workload':<10} {'input':<20} {'faces':>5} {'ours s':>8} {'ours@fx-res s':>13} {'facexlib s':>10} {'fx/ours':>8}"
+    header = (f"{'workload':<10} {'input':<20} {'faces':>5} {'ours s':>8} {'ours@fx-res s':>13} {'facexlib s':>10} "
+              f"{'fx/ours':>8}")
     print(header)
     print("-" * len(header))
     for name, (images, expected) in workloads().items():

@@ -87,14 +87,15 @@ def test_similarity_is_least_squares_and_never_reflects():
     assert det >= 0                                          # rotation + scale only
     noisy = src + torch.randn(1, 5, 2, generator=g, dtype=torch.float64)
     m = estimate_similarity(noisy, src[0])
-    base = ((torch.cat([noisy, torch.ones(1, 5, 1, dtype=torch.float64)], -1) @ m.transpose(1, 2) - src) ** 2).sum()
+    homogeneous = torch.cat([noisy, torch.ones(1, 5, 1, dtype=torch.float64)], -1)
+    base = ((homogeneous @ m.transpose(1, 2) - src) ** 2).sum()
     for eps in (1e-3, -1e-3):                                # any perturbation of the 4 parameters is worse
         for i, j in ((0, 0), (0, 2), (1, 2)):
             p = m.clone()
             p[0, i, j] += eps
             if (i, j) == (0, 0):
                 p[0, 1, 1] += eps
-            err = ((torch.cat([noisy, torch.ones(1, 5, 1, dtype=torch.float64)], -1) @ p.transpose(1, 2) - src) ** 2).sum()
+            err = ((homogeneous @ p.transpose(1, 2) - src) ** 2).sum()
             assert err >= base
     with pytest.raises(InputError, match="coincide"):
         estimate_similarity(torch.ones(1, 5, 2), face_template(512))
@@ -117,8 +118,8 @@ def test_crops_put_the_landmarks_on_the_template(cases):
         assert residual.max() < 45, name                                         # faces are not the template
         assert residual.mean() < 20, name
         eye = torch.eye(3, device=x.device)[:2]
-        composed = aligned.affine @ torch.cat([aligned.inverse, torch.tensor([[[0.0, 0.0, 1.0]]],
-                                                                              device=x.device).expand(len(dets), 1, 3)], 1)
+        bottom = torch.tensor([[[0.0, 0.0, 1.0]]], device=x.device).expand(len(dets), 1, 3)
+        composed = aligned.affine @ torch.cat([aligned.inverse, bottom], 1)
         assert torch.allclose(composed, eye.expand_as(composed), atol=1e-3)
 
 

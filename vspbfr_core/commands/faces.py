@@ -33,12 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="RetinaFace backbone: resnet50 or mobile0.25 (facexlib's retinaface_* names work too)")
     p.add_argument("--detector-dir", metavar="DIR", default=None, help="folder with the detector file")
     p.add_argument("--models", metavar="DIR", default=None,
-                   help="models folder searched after --detector-dir (default: $VSPBFR_MODELS, else the per-user folder)")
+                   help="models folder searched after --detector-dir "
+                        "(default: $VSPBFR_MODELS, else the per-user folder)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     s = p.add_argument_group("face selection (same meaning as in `vspbfr restore`)")
     s.add_argument("--threshold", type=float, default=None, help="detector score threshold (default 0.97)")
-    s.add_argument("--min-size", type=float, default=0.0, help="ignore faces smaller than this (pixels, box short side)")
+    s.add_argument("--min-size", type=float, default=0.0,
+                   help="ignore faces smaller than this (pixels, box short side)")
     s.add_argument("--max-faces", type=int, default=0, help="at most this many faces per image, largest first (0: all)")
     s.add_argument("--select", default="all", help='"all", "largest", "center" or indices such as "0,2"')
     s.add_argument("--order", choices=("left-right", "top-bottom", "area", "score"), default="left-right",
@@ -132,4 +134,5 @@ def _print_table(entry: dict[str, Any]) -> None:
     print(f"  {'index':>5}  {'x1':>8} {'y1':>8} {'x2':>8} {'y2':>8}  {'score':>6}  {'size':>7}")
     for face in faces:
         x1, y1, x2, y2 = face["box"]
-        print(f"  {face['index']:>5}  {x1:8.1f} {y1:8.1f} {x2:8.1f} {y2:8.1f}  {face['score']:6.3f}  {face['size']:7.1f}")
+        print(f"  {face['index']:>5}  {x1:8.1f} {y1:8.1f} {x2:8.1f} {y2:8.1f}  "
+              f"{face['score']:6.3f}  {face['size']:7.1f}")

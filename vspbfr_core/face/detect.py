@@ -38,7 +38,8 @@ from .retinaface import MOBILENET_025, RESNET50, RetinaFaceConfig, RetinaFaceDet
 
 __all__ = [
     "DETECTOR_FILES", "DETECTOR_URLS", "DETECTOR_ALIASES", "DEFAULT_THRESHOLD", "NMS_IOU", "Detections",
-    "find_detector_file", "canonical_detector_name", "load_detector", "load_detector_file", "detect_faces", "parse_selection",
+    "find_detector_file", "canonical_detector_name", "load_detector", "load_detector_file", "detect_faces",
+    "parse_selection", "batched_nms", "nms_reference",
 ]
 
 log = logging.getLogger(__name__)
