@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 
 import vspbfr_core  # noqa: F401  (import now: the extension folder is on sys.path only while this file runs)
 from vspbfr_core import paths as core_paths
-from vspbfr_core.errors import CheckpointError, InputError, ModelNotFoundError, VSPBFRError
+from vspbfr_core.errors import InputError, ModelNotFoundError, VSPBFRError
 
 from modules import devices, face_restoration, script_callbacks, scripts, scripts_postprocessing, shared
 
@@ -354,18 +354,17 @@ class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
         det_dir = str(self._detector_file(detector).parent)
         if self.net is not None and self._net_key is not None and self._net_key[0] == key[0]:
             log.info("VSPBFR: switching the face detector to %s", detector)
-            with host_model_load_lock(), host_pickle_allowance():
+            with host_model_load_lock():
                 self.net.detector = load_detector(detector, [det_dir]).eval()
         else:
             self.release()
             log.info("VSPBFR: loading the networks from %s (detector %s)", key[0], detector)
             low_memory = bool(getattr(shared.cmd_opts, "lowvram", False) or getattr(shared.cmd_opts, "medvram", False))
-            with host_model_load_lock(), host_pickle_allowance():
-                try:
-                    self.net = VSPBFRPipeline.from_dir(key[0], detector=detector, detector_dir=det_dir,
-                                                       low_memory=low_memory)
-                except CheckpointError as exc:
-                    raise explain_host_pickle_refusal(exc, key[0]) from exc
+            # vspbfr_core reads checkpoints with torch.serialization.load and its own data-only allow-list,
+            # so the webui's torch.load replacement (modules/safe.py) is neither needed nor in the way
+            with host_model_load_lock():
+                self.net = VSPBFRPipeline.from_dir(key[0], detector=detector, detector_dir=det_dir,
+                                                   low_memory=low_memory)
         self._net_key = key
         return self.net
 
@@ -431,65 +430,6 @@ class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
         if image.dim() == 2:
             image = image[..., None]
         return pipeline(image[None], options.restore_options(), callback=progress_callback(interruptible))
-
-
-#----------------------------------------------------------------------------
-# A1111's pickle check (modules/safe.py replaces torch.load; Forge and reForge leave it alone)
-
-
-def _host_safe_module() -> Any:
-    """A1111's ``modules.safe`` when its check is what ``torch.load`` now is, else None."""
-    module = sys.modules.get("modules.safe")
-    torch = sys.modules.get("torch")
-    if module is None or torch is None or getattr(torch, "load", None) is not getattr(module, "load", object()):
-        return None
-    if getattr(shared.cmd_opts, "disable_safe_unpickle", False):
-        return None
-    return module
-
-
-def _allow_data_globals(module: str, name: str) -> Any:
-    """The data-only globals vspbfr_core's own loader allows (it loads with ``weights_only=True``)."""
-    import argparse
-
-    import numpy as np
-
-    if (module, name) == ("argparse", "Namespace"):
-        return argparse.Namespace
-    if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "scalar":
-        core = getattr(np, "_core", None) or np.core
-        return core.multiarray.scalar
-    if (module, name) == ("numpy", "dtype"):
-        return np.dtype
-    if module == "numpy.dtypes" and name in ("Float64DType", "Float32DType", "Float16DType", "Int64DType",
-                                              "Int32DType", "BoolDType"):
-        return getattr(getattr(np, "dtypes", None), name, None)
-    return None
-
-
-def host_pickle_allowance() -> Any:
-    """A1111's documented ``safe.Extra`` hook, opened for those data-only globals while our files load.
-
-    Without it A1111's check refuses the official ``style_encoder_decoder.pt`` (it pickles an
-    ``argparse.Namespace``) and hands back None instead of raising.
-    """
-    safe = _host_safe_module()
-    extra = getattr(safe, "Extra", None)
-    if extra is None or getattr(safe, "global_extra_handler", None) is not None:
-        return nullcontext()
-    return extra(_allow_data_globals)
-
-
-def explain_host_pickle_refusal(exc: CheckpointError, models_dir: str) -> CheckpointError:
-    """A clearer error when A1111's check refused a file (the core then sees None instead of a checkpoint)."""
-    if _host_safe_module() is None or "found NoneType" not in str(exc):
-        return exc
-    return CheckpointError(
-        f"{exc}. The webui's pickle check refused this file (see the '*** Error verifying pickled file' lines in "
-        "the console); it does not know the entries that recent PyTorch versions write into .pt files. Convert the "
-        f'files to .safetensors, which need no pickle check: cd "{EXTENSION_DIR}" && "{sys.executable}" -m '
-        f'vspbfr_core convert "{models_dir}"/*.pt -o "{models_dir}" - or start the webui with '
-        "--disable-safe-unpickle.")
 
 
 def host_model_load_lock() -> Any:

@@ -370,7 +370,6 @@ def test_a1111_pickle_check(tmp_path, weights_dir, monkeypatch):
 
     import torch
     from modules import safe
-    from vspbfr_core.errors import CheckpointError
 
     # official-style files: the legacy container and an argparse.Namespace in 'opts' (allowed through safe.Extra)
     legacy = tmp_path / "legacy"
@@ -385,11 +384,12 @@ def test_a1111_pickle_check(tmp_path, weights_dir, monkeypatch):
     restorer = restorers()[0]
     restorer.restore(photo("skimage_astronaut.png"))
     assert restorer.last_run.faces == 1 and safe.global_extra_handler is None
-    # files written by a recent PyTorch carry entries A1111 refuses: a message that says what to do
+    # files written by a recent PyTorch carry entries A1111's check refuses; vspbfr_core reads them with
+    # torch.serialization.load and its own allow-list, so the check is not in the way
     start(tmp_path / "b", weights_dir, config=MOBILE)
-    with pytest.raises(CheckpointError, match="--disable-safe-unpickle") as info:
-        restorers()[0].restore(photo("skimage_astronaut.png"))
-    assert "vspbfr_core convert" in str(info.value) and "pickle check refused" in str(info.value)
+    restorer = restorers()[0]
+    restorer.restore(photo("skimage_astronaut.png"))
+    assert restorer.last_run.faces == 1
 
 
 def test_waits_for_the_webui_checkpoint_load(tmp_path, weights_dir, monkeypatch):

@@ -70,11 +70,14 @@ class RestoreNoise:
         )
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> RestoreNoise:
-        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device=device, dtype=dtype)
+        """Noise maps in ``dtype``; the latents (z, x_T) never narrower than float32, as their consumers run."""
+        wide = torch.promote_types(dtype, torch.float32)
+
+        def mv(t: torch.Tensor | None, dt: torch.dtype = dtype) -> torch.Tensor | None:
+            return None if t is None else t.to(device=device, dtype=dt)
         return RestoreNoise(
-            mv(self.z1), mv(self.z2),
-            None if self.inject_index is None else self.inject_index.to(device), mv(self.x_T),
+            mv(self.z1, wide), mv(self.z2, wide),
+            None if self.inject_index is None else self.inject_index.to(device), mv(self.x_T, wide),
             [mv(t) for t in self.stylegan], [mv(t) for t in self.encoder], [mv(t) for t in self.decoder],
             [mv(t) for t in self.stylegan_extra])
 
@@ -102,6 +105,26 @@ class VSPBFRModel(nn.Module):
         for k in range(1, rc.log_size - 1):
             if sc.channels(2 ** (k + 2)) != rc.channels(2 ** (k + 2)):
                 raise ValueError(f"feature bank width differs from the restoration decoder at {2 ** (k + 2)} px")
+
+    def set_precision(self, dtype: torch.dtype, device: torch.device | str | None = None) -> VSPBFRModel:
+        """Run in ``dtype`` on ``device``; the W+ code diffuser and the mapping MLP stay float32 under half.
+
+        Those two are cast directly from their current values, so they never pass through half precision.
+        """
+        half = dtype in (torch.float16, torch.bfloat16)
+        keep = (self.code_diffuser, self.restoration_net.style)
+        for sub in keep:
+            sub.to(device=device, dtype=torch.float32 if half else dtype)
+        kept = {id(t) for sub in keep for t in list(sub.parameters()) + list(sub.buffers())}
+        for sub in self.modules():
+            for name, p in list(sub.named_parameters(recurse=False)):
+                if id(p) not in kept:
+                    sub._parameters[name] = nn.Parameter(p.data.to(device=device, dtype=dtype),
+                                                         requires_grad=p.requires_grad)
+            for name, b in list(sub.named_buffers(recurse=False)):
+                if b is not None and id(b) not in kept:
+                    sub._buffers[name] = b.to(device=device, dtype=dtype if b.is_floating_point() else None)
+        return self
 
     @property
     def resolution(self) -> int:

@@ -33,6 +33,12 @@ from .wplus_diffusion import DDPMSchedule, sample_wplus
 
 F64_TOLERANCE = 1e-9
 F32_FACTOR = 10.0
+# Half precision (W+ diffusion and mapping MLP in float32): max |restored - golden| in [-1, 1] units, about 2x what
+# was measured on CPU (bfloat16: restoration_alone 2.7e-2, case_a PENDING); see README "Precision".
+HALF_TOLERANCE: dict[torch.dtype, dict[str, float]] = {
+    torch.bfloat16: {"restoration": 0.06, "full": 1.0},
+    torch.float16: {"restoration": 0.06, "full": 1.0},
+}
 MANIFEST_NAMES = {"e4e": "style_encoder_decoder", "code_diffuser": "code_diffuser", "restoration": "restoration_net"}
 
 #----------------------------------------------------------------------------
@@ -225,19 +231,21 @@ def run_fixture(fixture: Path, dtype: torch.dtype) -> tuple[dict[str, torch.Tens
     with torch.inference_mode():
         if kind == "ddpm":
             nets = load_manifest_networks(manifest, ("code_diffuser",), str(manifest_path))
-            cd = nets["code_diffuser"].networks["code_diffuser"].to(dtype)
+            cd = nets["code_diffuser"].networks["code_diffuser"].to(torch.promote_types(dtype, torch.float32))
             schedule = DDPMSchedule.from_config(cd.config)
-            cond = cast(regen_tensor(inputs["condi_in"])) if "condi_in" in inputs else cast(golden["condi_in"])
+            wide_dt = torch.promote_types(dtype, torch.float32)        # the W+ diffusion never runs in half
+            cond = (regen_tensor(inputs["condi_in"]) if "condi_in" in inputs else golden["condi_in"]).to(wide_dt)
             ours["condi_in"] = cond
             for name in ("betas", "alphas_cumprod", "alphas_cumprod_prev", "posterior_mean_coef1",
                          "posterior_mean_coef2", "posterior_variance"):
-                ours[f"schedule.{name}"] = getattr(schedule, name).to(dtype)
+                ours[f"schedule.{name}"] = getattr(schedule, name).to(wide_dt)
             assert tapes.x_T is not None
-            ours["ddpm.x_T"] = cast(tapes.x_T)
-            ours["ddpm.out"] = sample_wplus(cd, cond, cast(tapes.x_T), schedule, _ddpm_outputs(ours, True))
+            ours["ddpm.x_T"] = tapes.x_T.to(wide_dt)
+            ours["ddpm.out"] = sample_wplus(cd, cond, tapes.x_T.to(wide_dt), schedule, _ddpm_outputs(ours, True))
         elif kind == "restoration":
             nets = load_manifest_networks(manifest, ("restoration",), str(manifest_path))
             rn = nets["restoration"].networks["restoration_net"].to(dtype)
+            rn.style.to(torch.promote_types(dtype, torch.float32))       # the mapping MLP never runs in half
             root = manifest_path.parent
             # the layout the pipeline runs in (NHWC; float64 stays NCHW, see VSPBFRModel.memory_format)
             nhwc = torch.channels_last if dtype != torch.float64 else torch.contiguous_format
@@ -247,13 +255,14 @@ def run_fixture(fixture: Path, dtype: torch.dtype) -> tuple[dict[str, torch.Tens
             ours["pre_latent"] = prompts
             ours["mixing_noise"] = _mixing_noise(tapes)
             z1, z2, inject = _restore_noise(tapes, faces.shape[0], rn.config.n_latent)
-            _run_restoration(rn, faces, bank, prompts, cast(z1), None if z2 is None else cast(z2), inject,
+            wide = lambda t: t.to(torch.promote_types(dtype, torch.float32))  # noqa: E731
+            _run_restoration(rn, faces, bank, prompts, wide(z1), None if z2 is None else wide(z2), inject,
                              [cast(t) for t in tapes.encoder], [cast(t) for t in tapes.decoder], ours)
         else:
             nets = load_manifest_networks(manifest, ("e4e", "code_diffuser", "restoration"), str(manifest_path))
             model = VSPBFRModel(nets["e4e"].networks["style_encoder"], nets["e4e"].networks["stylegan"],
                                 nets["code_diffuser"].networks["code_diffuser"],
-                                nets["restoration"].networks["restoration_net"]).to(dtype)
+                                nets["restoration"].networks["restoration_net"]).set_precision(dtype)
             faces = golden["input"]
             if (fixture / "input.png").is_file():
                 png = image_to_input(fixture / "input.png")
@@ -308,7 +317,7 @@ def _run_restoration(rn: Any, faces: torch.Tensor, bank: list[torch.Tensor], pro
     if z2 is not None:
         w2 = rn.map_noise(z2)
         ours["restore.mapped_style1"] = w2
-    latent = torch.cat([prompts[:, : rn.config.n_latent], rn.noise_latent(w1, w2, inject)], dim=-1)
+    latent = rn.style_latent(prompts, w1, w2, inject, faces.dtype)
     enc = rn.encode(faces, latent, enc_noise)
     ours["restore.x_global"] = enc.x_global
     for k, f in enumerate(enc.features):
@@ -335,12 +344,14 @@ class Comparison:
         return math.isfinite(self.max_abs) and self.max_abs <= self.tolerance
 
     def line(self) -> str:
+        if self.tolerance == math.inf:
+            return f"{self.name} max_abs={self.max_abs:.3e} ref_absmax={self.ref_absmax:.3e} (reported only)"
         return (f"{self.name} max_abs={self.max_abs:.3e} ref_absmax={self.ref_absmax:.3e} "
                 f"tol={self.tolerance:.1e} {'ok' if self.ok else 'FAIL'}")
 
 
 def compare(ours: dict[str, torch.Tensor], golden: dict[str, torch.Tensor], stats: dict[str, Any],
-            dtype: torch.dtype) -> list[Comparison]:
+            dtype: torch.dtype, kind: str = "full") -> list[Comparison]:
     f32_stats = stats.get("f32_vs_f64", {})
     out = []
     for name in sorted(golden):
@@ -352,6 +363,9 @@ def compare(ours: dict[str, torch.Tensor], golden: dict[str, torch.Tensor], stat
         max_abs = float((mine - ref).abs().max()) if mine.shape == ref.shape else math.inf
         if dtype == torch.float64:
             tol = F64_TOLERANCE
+        elif dtype in HALF_TOLERANCE and kind != "ddpm":
+            # half precision: the restored image is checked, intermediate tensors are reported only
+            tol = HALF_TOLERANCE[dtype][kind] if name == "restored" else math.inf
         else:
             measured = f32_stats.get(name, {}).get("max_abs")
             tol = F32_FACTOR * measured if measured is not None else 1e-4 * max(1.0, float(ref.abs().max()))
@@ -370,13 +384,15 @@ def check_fixture(fixture: str | os.PathLike[str], dtype: torch.dtype = torch.fl
         from safetensors.torch import save_file
         save_file({k: v.detach().cpu().clone().contiguous() for k, v in ours.items()}, str(save),
                   metadata={"fixture": str(fixture), "dtype": str(dtype)})
-    return compare(ours, golden, stats, dtype), kind
+    return compare(ours, golden, stats, dtype, kind), kind
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vspbfr_core.parity", description=__doc__.split("\n")[0])
     p.add_argument("fixture", nargs="?", help="fixture directory (golden_f64.safetensors, tapes.*)")
-    p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    p.add_argument("--dtype", choices=("float64", "float32", "bfloat16", "float16"), default="float64",
+                   help="float64: the pass/fail parity claim; float32: smoke check; bfloat16/float16: the half "
+                        "precision paths (W+ diffusion and mapping stay float32), checked on `restored` only")
     p.add_argument("--save", help="write our outputs, under the fixture's tensor names, to this .safetensors file")
     p.add_argument("--write-weights", metavar="MANIFEST", help="write the regenerated weights as official .pt files")
     p.add_argument("-o", "--out", help="output directory for --write-weights")

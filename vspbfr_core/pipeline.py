@@ -163,33 +163,10 @@ class VSPBFRPipeline:
             raise UnsupportedDtypeError("float16 is not supported on CPU (too slow and inaccurate); use float32 or "
                                         "bfloat16")
         self.device, self.dtype = device, dtype
-        self._place(self.model, device if not self.low_memory else self.offload_device)
+        self.model.set_precision(dtype, device if not self.low_memory else self.offload_device)
         if self.detector is not None:
             self.detector.to(device)
         return self
-
-    def _place(self, module: nn.Module, device: torch.device) -> None:
-        """Move ``module`` (the model or one of its networks); the fragile parts never pass through half."""
-        keep_fp32 = (self.model.code_diffuser, self.model.restoration_net.style)
-        wide = torch.float32 if self.dtype in HALF_DTYPES else self.dtype
-        for sub in keep_fp32:
-            sub.to(device=device, dtype=wide)
-        kept = {id(p) for sub in keep_fp32 for p in list(sub.parameters()) + list(sub.buffers())}
-
-        def convert(t: torch.Tensor) -> torch.Tensor:
-            if id(t) in kept:
-                return t
-            return t.to(device=device, dtype=self.dtype if t.is_floating_point() else None)
-
-        for sub in module.modules():
-            if sub in keep_fp32:
-                continue
-            for name, p in list(sub.named_parameters(recurse=False)):
-                if id(p) not in kept:
-                    sub._parameters[name] = nn.Parameter(convert(p.data), requires_grad=p.requires_grad)
-            for name, b in list(sub.named_buffers(recurse=False)):
-                if b is not None and id(b) not in kept:
-                    sub._buffers[name] = convert(b)
 
     def _use(self, *names: str) -> None:
         """Low-memory mode: only the named networks on the device, the others on the offload device."""
@@ -199,7 +176,7 @@ class VSPBFRPipeline:
             net = getattr(self.model, name)
             target = self.device if name in names else self.offload_device
             if next(net.parameters()).device != target:
-                net.to(target)            # device only: dtypes were settled by _place
+                net.to(target)            # device only: dtypes were settled by set_precision
 
     # -- stages ------------------------------------------------------------------------------------
 

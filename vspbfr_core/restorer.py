@@ -185,6 +185,12 @@ class RestorationNet(nn.Module):
         first = (torch.arange(n, device=w1.device)[None, :] < idx)[:, :, None]           # [B, n, 1]
         return torch.where(first, w1[:, None, :], w2[:, None, :])
 
+    def style_latent(self, prompts: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor | None,
+                     inject_index: torch.Tensor | int | None, dtype: torch.dtype) -> torch.Tensor:
+        """``L = cat(prompt rows, noise latent)`` ``[B, n_latent, 2 w_dim]`` in the network's ``dtype``."""
+        n = self.config.n_latent
+        return torch.cat([prompts[:, :n].to(dtype), self.noise_latent(w1, w2, inject_index).to(dtype)], dim=-1)
+
     def encode(self, faces: torch.Tensor, latent: torch.Tensor, noise: list[torch.Tensor | None]) -> EncoderOutput:
         """Encoder half; ``latent`` is ``L [B, n_latent, 2 w_dim]``, ``noise`` in ``encoder_noise_shapes`` order."""
         h = self.down_from_big(faces)
@@ -226,7 +232,6 @@ class RestorationNet(nn.Module):
         """``faces [B, 3, R, R]`` in [-1, 1] -> restored ``[B, 3, R, R]`` (unclamped)."""
         w1 = self.map_noise(z1)
         w2 = self.map_noise(z2) if z2 is not None else None
-        latent = torch.cat([prompts[:, : self.config.n_latent].to(faces.dtype),
-                            self.noise_latent(w1, w2, inject_index).to(faces.dtype)], dim=-1)   # [B, n_latent, 2 w_dim]
+        latent = self.style_latent(prompts, w1, w2, inject_index, faces.dtype)
         enc = self.encode(faces, latent, enc_noise)
         return self.decode(enc, bank, latent, dec_noise, bank_scale)
