@@ -32,6 +32,17 @@ def test_fixture_float32_smoke(name: str) -> None:
     assert not bad, "\n".join(bad)
 
 
+@pytest.mark.parametrize("name", ["restoration_alone", "case_a"])
+def test_bfloat16_restored_within_documented_tolerance(name: str) -> None:
+    from vspbfr_core.parity import HALF_TOLERANCE
+
+    results, kind = check_fixture(shared_path("parity", name), torch.bfloat16)
+    restored = next(r for r in results if r.name == "restored")
+    assert restored.tolerance == HALF_TOLERANCE[torch.bfloat16][kind]
+    assert restored.ok, restored.line()
+    assert restored.max_abs > 1e-4          # it really ran in bfloat16
+
+
 def test_comparison_catches_a_wrong_tensor() -> None:
     fixture = shared_path("parity", "ddpm_alone")
     ours, golden, kind = run_fixture(fixture, torch.float64)

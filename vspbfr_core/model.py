@@ -107,12 +107,16 @@ class VSPBFRModel(nn.Module):
                 raise ValueError(f"feature bank width differs from the restoration decoder at {2 ** (k + 2)} px")
 
     def set_precision(self, dtype: torch.dtype, device: torch.device | str | None = None) -> VSPBFRModel:
-        """Run in ``dtype`` on ``device``; the W+ code diffuser and the mapping MLP stay float32 under half.
+        """Run in ``dtype`` on ``device``; under half precision the W+ path stays float32.
 
-        Those two are cast directly from their current values, so they never pass through half precision.
+        The style encoder, the code diffuser and the mapping MLP are fragile in half precision: the W+ codes
+        feed a diffusion whose attention is sharp, and small code errors grow there (measured on the parity
+        fixture: a bfloat16 encoder moved the diffused prompt by 2.3).  They are cast directly from their
+        current values, so they never pass through half precision; the StyleGAN feature bank and the
+        restoration network (90% of the work without the encoder) run in ``dtype``.
         """
         half = dtype in (torch.float16, torch.bfloat16)
-        keep = (self.code_diffuser, self.restoration_net.style)
+        keep = (self.style_encoder, self.code_diffuser, self.restoration_net.style)
         for sub in keep:
             sub.to(device=device, dtype=torch.float32 if half else dtype)
         kept = {id(t) for sub in keep for t in list(sub.parameters()) + list(sub.buffers())}
@@ -176,14 +180,14 @@ class VSPBFRModel(nn.Module):
         return x.contiguous(memory_format=torch.channels_last if self._nhwc(x) else torch.contiguous_format)
 
     def encode(self, faces: torch.Tensor) -> torch.Tensor:
-        """Aligned faces ``[F, 3, R, R]`` in [-1, 1] -> encoder W+ ``[F, num_ws, w_dim]``."""
-        return self.style_encoder(self.memory_format(faces))
+        """Aligned faces ``[F, 3, R, R]`` in [-1, 1] -> encoder W+ ``[F, num_ws, w_dim]`` (float32 under half)."""
+        dt = self.style_encoder.latent_avg.dtype          # float32 (or float64) even when the rest is half
+        return self.style_encoder(self.memory_format(faces.to(dt)))
 
     def diffuse(self, ws: torch.Tensor, x_T: torch.Tensor, callback: StepCallback | None = None) -> torch.Tensor:
-        """Encoder W+ -> visual style prompt W+ (same shape)."""
+        """Encoder W+ -> visual style prompt W+ (same shape, in the diffuser's float32/float64)."""
         dt = next(self.code_diffuser.parameters()).dtype     # float32 (or float64) even when the rest is half
-        out = sample_wplus(self.code_diffuser, ws.to(dt), x_T.to(ws.device, dt), self.schedule, callback)
-        return out.to(ws.dtype)
+        return sample_wplus(self.code_diffuser, ws.to(dt), x_T.to(ws.device, dt), self.schedule, callback)
 
     def feature_bank(self, prompts: torch.Tensor, noise: list[torch.Tensor], extra_noise: list[torch.Tensor] | None = None,
                      style_sample: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None]:
@@ -197,9 +201,15 @@ class VSPBFRModel(nn.Module):
         feats, _ = self.stylegan(prompts, noise, self.num_bank_features, channels_last=self._nhwc(prompts))
         return feats, None
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The precision of the feature bank and the restoration network (the bulk of the work)."""
+        return self.restoration_net.conv1.modulation.weight.dtype
+
     def restore(self, faces: torch.Tensor, bank: list[torch.Tensor], prompts: torch.Tensor, noise: RestoreNoise,
                 bank_scale: float = 1.0) -> torch.Tensor:
-        return self.restoration_net(self.memory_format(faces), bank, prompts, noise.z1, noise.z2, noise.inject_index,
+        faces = self.memory_format(faces.to(self.compute_dtype))
+        return self.restoration_net(faces, bank, prompts, noise.z1, noise.z2, noise.inject_index,
                                     noise.encoder, noise.decoder, bank_scale=bank_scale)
 
     def forward(self, faces: torch.Tensor, noise: RestoreNoise, *, prompt_mix: float = 1.0, bank_scale: float = 1.0,
@@ -209,10 +219,11 @@ class VSPBFRModel(nn.Module):
         ``prompt_mix`` interpolates the prompt between the encoder's W+ (0) and the diffused W+ (1,
         official); ``bank_scale`` scales the feature-bank contribution (1, official).
         """
-        noise = noise.to(faces.device, faces.dtype)
+        noise = noise.to(faces.device, self.compute_dtype)
         ws = self.encode(faces)
         prompts = self.diffuse(ws, noise.x_T, callback)
         if prompt_mix != 1.0:
             prompts = torch.lerp(ws, prompts, prompt_mix)
+        prompts = prompts.to(self.compute_dtype)
         bank, _ = self.feature_bank(prompts, noise.stylegan)
         return self.restore(faces, bank, prompts, noise, bank_scale)

@@ -211,9 +211,9 @@ class VSPBFRPipeline:
         r = self.model.resolution
         if crops.dim() != 4 or crops.shape[1] != 3:
             raise InputError(f"aligned faces must be [F, 3, H, W], got {tuple(crops.shape)}")
-        x = crops.to(self.device, self.dtype)
+        x = crops.to(self.device, torch.promote_types(self.dtype, torch.float32))   # the encoder runs wide
         if x.shape[-2:] != (r, r):
-            x = F.interpolate(x.float(), size=(r, r), mode="bicubic", antialias=True, align_corners=False).to(self.dtype)
+            x = F.interpolate(x, size=(r, r), mode="bicubic", antialias=True, align_corners=False)
         return (x * 2.0 - 1.0).clamp(-1.0, 1.0)
 
     def noise_for(self, face_keys: Sequence[int], seed: int) -> RestoreNoise:
