@@ -27,3 +27,17 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture
 def device() -> torch.device:
     return TEST_DEVICE
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three tiny official-layout networks plus the real RetinaFace mobilenet0.25 detector."""
+    import shutil
+
+    from tiny_models import write_tiny_checkpoints
+
+    detector = shared_path("weights", "detection_mobilenet0.25_Final.pth")
+    d = tmp_path_factory.mktemp("tiny_models")
+    write_tiny_checkpoints(d)
+    shutil.copy(detector, d)
+    return d

@@ -12,18 +12,14 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, shared_path
-from tiny_models import write_tiny_checkpoints
 from vspbfr_core.cli import main
 
 EXPECTED_FACES = 2 + 3 + 4 + 4 + 1 + 1
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("models")
-    write_tiny_checkpoints(d)
-    shutil.copy(shared_path("weights", "detection_mobilenet0.25_Final.pth"), d)
-    return d
+def models_dir(tiny_models_dir: Path) -> Path:
+    return tiny_models_dir
 
 
 def digest(folder: Path) -> dict[str, str]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ import torch
 from PIL import Image
 
 from conftest import shared_path
-from tiny_models import write_tiny_checkpoints
 from vspbfr_core.errors import InputError, VSPBFRError
 from vspbfr_core.pipeline import RestoreOptions, VSPBFRPipeline
 
@@ -20,11 +18,8 @@ EXPECTED = {"gfpgan_00.jpg": 2, "gfpgan_10045.png": 3, "cf_00.jpg": 4, "cf_02.pn
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("models")
-    write_tiny_checkpoints(d)
-    shutil.copy(shared_path("weights", "detection_mobilenet0.25_Final.pth"), d)
-    return d
+def models_dir(tiny_models_dir: Path) -> Path:
+    return tiny_models_dir
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layers import (ConvLayer, EqualConv2d, EqualLinear, FusedLeakyReLU, MappingNetwork, NoiseInjection,
