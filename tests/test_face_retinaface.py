@@ -193,3 +193,18 @@ def test_resnet50_builds_and_runs_on_random_weights():
     with torch.no_grad():
         loc, scores, lms = net(net.preprocess(torch.rand(1, 3, 64, 96)))
     assert loc.shape == (1, prior_boxes(RESNET50, 64, 96).shape[0], 4) and torch.isfinite(scores).all()
+
+
+def test_detector_loaded_under_inference_mode_runs() -> None:
+    """ComfyUI loads and runs models inside torch.inference_mode: the BatchNorm folding cache must cope."""
+    import torch
+
+    from conftest import shared_path
+    from vspbfr_core.face import detect_faces, load_detector
+
+    folder = shared_path("weights")
+    with torch.inference_mode():
+        det = load_detector("retinaface_mobile0.25", [folder])
+        det.to(torch.float32)
+        dets = detect_faces(det, torch.rand(1, 64, 64, 3))
+    assert len(dets) == 0

@@ -75,7 +75,10 @@ RESNET50 = RetinaFaceConfig(backbone="resnet50", out_channels=256)
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Convolution weight and bias with an eval-mode BatchNorm folded in; cached until a tensor changes."""
     tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-    key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors if t is not None)
+    # inference tensors (weights loaded or moved under torch.inference_mode, as ComfyUI does) have no version
+    # counter; they cannot be modified in place either, so their storage identity is enough
+    key = tuple((-1 if t.is_inference() else t._version, t.data_ptr(), t.dtype, t.device)
+                for t in tensors if t is not None)
     cached = conv.__dict__.get("_vspbfr_folded")
     if cached is not None and cached[0] == key:
         return cached[1], cached[2]
