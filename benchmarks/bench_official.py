@@ -462,6 +462,7 @@ class Worker:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      cwd=str(ROOT))
         self.killed_for_memory = False
+        self.active = True          # loading or executing a command (an idle worker allocates nothing)
         self.max_rss = 0
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._watchdog, daemon=True)
@@ -473,7 +474,7 @@ class Worker:
                 self.max_rss = max(self.max_rss, proc_status(self.proc.pid)["VmRSS"])
             except (OSError, KeyError):
                 pass
-            if mem_available() < self.reserve:
+            if self.active and mem_available() < self.reserve:
                 self.killed_for_memory = True
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.proc.pid, signal.SIGKILL)
@@ -483,6 +484,7 @@ class Worker:
     def request(self, cmd: dict[str, Any]) -> dict[str, Any]:
         if self.proc.poll() is not None:
             raise WorkerDied(self.death())
+        self.active = True
         try:
             if cmd:
                 assert self.proc.stdin is not None
@@ -495,6 +497,7 @@ class Worker:
         if not line:
             self.proc.wait()
             raise WorkerDied(self.death())
+        self.active = False
         msg = json.loads(line)
         if "error" in msg:
             self.close()
@@ -595,14 +598,34 @@ def compare_outputs(ours_path: Path, off_path: Path) -> dict[str, float]:
 
 def run_batch(args: argparse.Namespace, impls: list[str], device: str, dtype: str, batch: int, weights_dir: Path,
               work: Path, reserve: int) -> dict[str, Any]:
-    """Both implementations at one batch size: fresh workers, interleaved runs, memory, agreement."""
+    """Both implementations at one batch size: fresh workers, interleaved runs, memory, agreement.
+
+    An implementation killed for lack of memory while the other one was loaded too is run once more
+    alone afterwards (not interleaved; noted in the results).
+    """
     tag = f"{device}_{dtype}_b{batch}"
     noise_path = work / f"inputs_{device}_b{batch}.pt"          # shared by every dtype and both implementations
     res: dict[str, Any] = {"device": device, "dtype": dtype, "batch": batch, "impl": {}}
-    workers: dict[str, Worker] = {}
     base = {"weights_dir": str(weights_dir), "device": device, "batch": batch, "noise_path": str(noise_path),
             "input": args.input, "seed": args.seed, "mixing": args.mixing == "on", "threads": args.threads,
             "official_repo": args.official_repo, "official_upfirdn": args.official_upfirdn}
+    _run_workers(args, impls, base, dtype, tag, batch, work, reserve, res["impl"])
+    retry = [k for k in impls if len(impls) > 1 and str(res["impl"].get(k, {}).get("status")).startswith("OOM")
+             and (noise_path.exists() or k == "ours")]
+    for impl in retry:
+        first = res["impl"][impl]["status"]
+        print(f"[{tag}] {impl}: {first}; running it again alone", file=sys.stderr, flush=True)
+        _run_workers(args, [impl], base, dtype, tag + "_alone", batch, work, reserve, res["impl"])
+        res["impl"][impl]["note"] = f"run alone (not interleaved) after: {first}"
+    if all(res["impl"].get(k, {}).get("outputs") for k in ("ours", "official")):
+        res["agreement"] = compare_outputs(Path(res["impl"]["ours"]["outputs"]),
+                                           Path(res["impl"]["official"]["outputs"]))
+    return res
+
+
+def _run_workers(args: argparse.Namespace, impls: list[str], base: dict[str, Any], dtype: str, tag: str, batch: int,
+                 work: Path, reserve: int, out: dict[str, Any]) -> None:
+    workers: dict[str, Worker] = {}
     for impl in impls:               # ours first: it writes the shared input and noise file
         spec = dict(base, impl=impl, dtype=dtype if impl == "ours" else "float32")
         print(f"[{tag}] loading {impl} ...", file=sys.stderr, flush=True)
@@ -610,10 +633,10 @@ def run_batch(args: argparse.Namespace, impls: list[str], device: str, dtype: st
         try:
             ready = w.request({})
             workers[impl] = w
-            res["impl"][impl] = {"load": ready, "status": "ok"}
+            out[impl] = {"load": ready, "status": "ok"}
         except WorkerDied as exc:
             w.close()
-            res["impl"][impl] = {"status": str(exc)}
+            out[impl] = {"status": str(exc)}
             print(f"[{tag}] {impl}: {exc}", file=sys.stderr, flush=True)
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in workers}
     for r in range(args.warmup + args.repeats):
@@ -624,7 +647,7 @@ def run_batch(args: argparse.Namespace, impls: list[str], device: str, dtype: st
             try:
                 t = timed_run(workers[impl])
             except WorkerDied as exc:
-                res["impl"][impl]["status"] = str(exc)
+                out[impl]["status"] = str(exc)
                 print(f"[{tag}] {impl}: {exc}", file=sys.stderr, flush=True)
                 workers.pop(impl).close()
                 continue
@@ -633,26 +656,23 @@ def run_batch(args: argparse.Namespace, impls: list[str], device: str, dtype: st
                   + f"  (other load {t['other_load_cores']:.2f} cores)", file=sys.stderr, flush=True)
             if r >= args.warmup:
                 runs[impl].append(t)
-        sample_peak(torch.device(device))
+        if workers:
+            sample_peak(torch.device(base["device"]))
     n_bank = 8
     for impl, w in list(workers.items()):
         try:
-            res["impl"][impl].update(summarize(runs[impl]))
-            res["impl"][impl]["memory"] = w.request({"cmd": "mem"})
+            out[impl].update(summarize(runs[impl]))
+            out[impl]["memory"] = w.request({"cmd": "mem"})
             path = work / f"out_{impl}_{tag}.safetensors"
             w.request({"cmd": "save", "path": str(path), "n_bank": n_bank})
-            res["impl"][impl]["outputs"] = str(path)
+            out[impl]["outputs"] = str(path)
             if args.count_flops and batch == min(args.batch):
                 fl = w.request({"cmd": "flops"})["flops"]
-                res["impl"][impl]["flops_per_face"] = {k: v / batch for k, v in fl.items()}
+                out[impl]["flops_per_face"] = {k: v / batch for k, v in fl.items()}
         except WorkerDied as exc:
-            res["impl"][impl]["status"] = str(exc)
+            out[impl]["status"] = str(exc)
         finally:
             w.close()
-    if all(res["impl"].get(k, {}).get("outputs") for k in ("ours", "official")):
-        res["agreement"] = compare_outputs(Path(res["impl"]["ours"]["outputs"]),
-                                           Path(res["impl"]["official"]["outputs"]))
-    return res
 
 #----------------------------------------------------------------------------
 # Reporting
@@ -709,6 +729,10 @@ def report(results: list[dict[str, Any]], machine: dict[str, Any], args: argpars
                              f"{(fmt(off_ms / ours_ms, '.2f') + '×') if (om and fm) else '–'} | "
                              f"{(fmt(f['best_s'][s] / o['best_s'][s], '.2f') + '×') if (om and fm) else '–'} | "
                              f"{fmt(gfs, '.1f')} | {fmt(gfs / peak * 100 if gfs else None, '.0f')}% |")
+        for r in cmp_rows:
+            for impl, x in r["impl"].items():
+                if x.get("note"):
+                    lines.append(f"Batch {r['batch']}, {impl}: {x['note']}")
         lines.append("")
         lines.append("| batch | ours faces/s | official faces/s | ours peak MiB/face (above loaded) | official "
                      "| ratio | ours total peak RSS MiB | official | CPU s/face, ours / official | CPU used, ours / official (cores) "
