@@ -951,10 +951,7 @@ def main() -> int:
             return 1
         return 0
     finally:
-        if not args.weights_dir:
-            shutil.rmtree(Path(tmp) / "weights", ignore_errors=True)
-        if not args.workdir:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)      # holds only the weights / work folders nobody asked to keep
 
 
 if __name__ == "__main__":
