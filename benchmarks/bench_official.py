@@ -16,6 +16,11 @@ What one run does:
    the same files exactly as ``restoration_test.py`` builds them (see ``official_shim.py``: our own
    pure-PyTorch stand-ins for the official CUDA ops are put into ``sys.modules`` first; its files are
    not patched; the checkout goes first on ``sys.path`` in the official worker process only).
+   ``--official-upfirdn native`` (default) computes the official ``upfirdn2d`` the way the official
+   code's own CPU branch does (every channel as a one-channel image); this is slow and memory-hungry
+   (on a 2-core EPYC: feature bank 5.5 s instead of 2.6 s, 2.6 GiB instead of 1.0 GiB per face at
+   batch 1).  ``--official-upfirdn depthwise`` runs the official networks with an equivalent grouped
+   convolution instead: a stronger baseline than the official code itself; report both.
 2. Feeds both the same aligned 512 faces (``../shared/faces/cropped``, cycled to fill the batch)
    and the same noise: ours gets a ``RestoreNoise`` drawn by ``VSPBFRModel.draw_noise`` (style mixing
    on, as in the parity case_a, unless ``--mixing off``); the official forward (the body of
