@@ -3,7 +3,11 @@
 Usage:
     python benchmarks/bench_official.py [--official-repo /tmp/vspbfr_official] [--batch 1 4 [16]]
         [--repeats 3] [--warmup 1] [--threads N] [--input DIR|FILE|case_a] [--json OUT.json]
-        [--official-upfirdn native|depthwise] [--count-flops] [--devices cpu cuda] [--dtypes ...]
+        [--official-upfirdn native|depthwise] [--count-flops] [--devices cpu cuda] [--dtypes ...] [--compile]
+
+Ours alone (no ``--official-repo``), on every device and precision, 1, 4 and 16 faces::
+
+    python benchmarks/bench_official.py --devices cpu cuda --batch 1 4 16
 
 What one run does:
 
@@ -265,7 +269,9 @@ class OursRunner:
         del loaded
         self.device, self.dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
         # the pipeline's placement: half precision never rounds the W+ diffuser or the mapping MLP
-        self.model = VSPBFRPipeline(model, None).to(self.device, self.dtype).model.eval()
+        self.model = VSPBFRPipeline(model, None, allow_tf32=bool(spec.get("tf32"))).to(self.device, self.dtype).model.eval()
+        if spec.get("compile"):
+            self.model.compile_networks()     # compiled during the warm-up run(s)
 
     def make_noise(self, batch: int, seed: int, mixing: bool) -> dict[str, Any]:
         from vspbfr_core.rng import make_generator
@@ -613,7 +619,10 @@ def run_batch(args: argparse.Namespace, impls: list[str], device: str, dtype: st
     res: dict[str, Any] = {"device": device, "dtype": dtype, "batch": batch, "impl": {}}
     base = {"weights_dir": str(weights_dir), "device": device, "batch": batch, "noise_path": str(noise_path),
             "input": args.input, "seed": args.seed, "mixing": args.mixing == "on", "threads": args.threads,
-            "official_repo": args.official_repo, "official_upfirdn": args.official_upfirdn}
+            "official_repo": args.official_repo, "official_upfirdn": args.official_upfirdn, "compile": args.compile,
+            "tf32": args.tf32}
+    if args.compile:
+        res["compiled"] = True
     _run_workers(args, impls, base, dtype, tag, batch, work, reserve, res["impl"])
     retry = [k for k in impls if len(impls) > 1 and str(res["impl"].get(k, {}).get("status")).startswith("OOM")
              and (noise_path.exists() or k == "ours")]
@@ -657,6 +666,8 @@ def _run_workers(args: argparse.Namespace, impls: list[str], base: dict[str, Any
                 workers.pop(impl).close()
                 continue
             kind = "warm-up" if r < args.warmup else f"run {r - args.warmup + 1}/{args.repeats}"
+            if r < args.warmup:
+                out[impl].setdefault("warmup_s", []).append(t["total"])
             print(f"[{tag}] {impl} {kind}: " + " ".join(f"{s} {t[s]:.2f}s" for s in (*STAGES, "total"))
                   + f"  (other load {t['other_load_cores']:.2f} cores)", file=sys.stderr, flush=True)
             if r >= args.warmup:
@@ -707,6 +718,13 @@ def report(results: list[dict[str, Any]], machine: dict[str, Any], args: argpars
                  f"{machine['torch']}, {machine['threads']} threads; measured fp32 peak (4096³ matmul, best of "
                  f"{n_mm} samples through the run) {peak:.0f} GFLOP/s; load average at start "
                  f"{machine['loadavg_start']}, at end {machine['loadavg_end']}.")
+    if machine.get("cuda"):
+        gpu_peaks = ", ".join(f"{k.split('/')[1]} {v / 1e3:.0f} TFLOP/s" for k, v in machine["peak_by"].items()
+                              if k.startswith("cuda/"))
+        lines.append(f"GPU: {machine['cuda']}, torch CUDA {torch.version.cuda}; measured peaks (8192³ matmul): "
+                     f"{gpu_peaks}" + ("; float32 runs TF32 in the feature bank and restoration (--tf32; float32 peak "
+                                       "measured with TF32 matmuls)" if machine.get("cudnn_tf32") else
+                                       "; float32 is full float32 (no TF32)") + ".")
     lines.append(f"Official code: {machine.get('official', 'not run')}.")
     other = [x["other_load_cores"] for r in results for x in r["impl"].values() if "other_load_cores" in x]
     if other:
@@ -801,10 +819,18 @@ def report(results: list[dict[str, Any]], machine: dict[str, Any], args: argpars
         gfs = sum(GFLOP_OURS.values()) * b / m["total"]
         pk = machine["peak_by"].get(f"{r['device']}/{r['dtype']}", peak)
         mo = mem_numbers(o, b)
-        lines.append(f"| {r['device']} | {r['dtype']} | {b} | " + " | ".join(f"{m[s] * 1e3:.0f}" for s in STAGES)
+        label = r["dtype"] + (" compiled" if r.get("compiled") else "")
+        if r["device"] == "cuda" and r["dtype"] == "float32" and machine.get("cudnn_tf32"):
+            label += " (TF32 bank + restoration)"
+        lines.append(f"| {r['device']} | {label} | {b} | " + " | ".join(f"{m[s] * 1e3:.0f}" for s in STAGES)
                      + f" | {m['total'] * 1e3:.0f} | {m['total'] * 1e3 / b:.0f} | {b / m['total']:.3f} | {gfs:.1f} "
                      f"| {gfs / pk * 100:.0f}% | {fmt_mib(mo and mo['above_per_face'])} | "
                      f"{fmt_mib(mo and mo['total_peak'])} |")
+    for r in results:
+        w = r["impl"].get("ours", {}).get("warmup_s")
+        if r.get("compiled") and w:
+            lines.append(f"{r['device']} {r['dtype']} batch {r['batch']} compiled: warm-up run(s) including "
+                         f"compilation {', '.join(f'{x:.1f}' for x in w)} s.")
     return "\n".join(lines)
 
 
@@ -843,7 +869,7 @@ def main() -> int:
     p.add_argument("--official-repo", help="extracted checkout of LonglongaaaGo/VSPBFR (outside this repository)")
     p.add_argument("--official-upfirdn", choices=("native", "depthwise"), default="native",
                    help="stand-in for the official upfirdn2d: its own CPU algorithm (native) or a grouped conv")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--repeats", type=int, default=3, help="timed runs per batch (median)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads in the workers (0: torch default)")
@@ -857,6 +883,10 @@ def main() -> int:
                    help="ours on CUDA (CPU runs float32; the official code is float32 only)")
     p.add_argument("--weights-dir", help="keep the regenerated weights here (reused when the manifest is unchanged)")
     p.add_argument("--workdir", help="keep inputs, outputs and worker logs here (default: a temporary folder)")
+    p.add_argument("--tf32", action="store_true",
+                   help="CUDA float32: ours with TF32 in the feature bank and restoration (VSPBFRPipeline allow_tf32)")
+    p.add_argument("--compile", action="store_true",
+                   help="ours with torch.compile (VSPBFRModel.compile_networks); the warm-up runs include compiling")
     p.add_argument("--count-flops", action="store_true", help="count FLOPs once (smallest batch) with FlopCounterMode")
     p.add_argument("--mem-reserve-gib", type=float, default=1.0,
                    help="kill a worker (reported as OOM) when less memory than this is left on the machine")
@@ -907,8 +937,17 @@ def main() -> int:
             dtypes = ["float32"] if device == "cpu" else args.dtypes
             for dtype in dtypes:
                 if device == "cuda":
-                    mm = peak_matmul(torch.device("cuda"), getattr(torch, dtype), repeats=10)
+                    # ours runs float32 without TF32 unless --tf32; the peak it is compared with is then the
+                    # TF32 matmul's
+                    machine["cudnn_tf32"] = args.tf32
+                    saved = torch.backends.cuda.matmul.allow_tf32
+                    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+                    try:
+                        mm = peak_matmul(torch.device("cuda"), getattr(torch, dtype), n=8192, repeats=10)
+                    finally:
+                        torch.backends.cuda.matmul.allow_tf32 = saved
                     machine["peak_by"][f"cuda/{dtype}"] = mm["best_gflops"]
+                    print(f"cuda matmul 8192³ {dtype}: {mm['best_gflops']:.0f} GFLOP/s", file=sys.stderr, flush=True)
                 for batch in args.batch:
                     # the official code runs once per device (float32), alongside ours in float32
                     these = impls if dtype == "float32" else ["ours"]

@@ -111,3 +111,62 @@ def test_cpu_generator_noise_independent_of_target_device(model: VSPBFRModel) ->
     a = model.draw_noise(1, make_generator(9)).to("cpu", torch.float64)
     b = model.draw_noise(1, make_generator(9)).to("cpu", torch.float32)
     assert torch.equal(a.x_T.float(), b.x_T)
+
+
+def test_torch_compile_opt_in_matches_eager() -> None:
+    """Inductor (the default torch.compile backend) on all four networks: same result as eager to float
+    rounding, weights untouched, and switching it off gives back the bit-exact eager output."""
+    m = VSPBFRModel(_randomize(StyleEncoder(TINY_ENC), 1), _randomize(StyleGAN2Synthesis(TINY_SG), 2),
+                    _randomize(CodeDiffuser(TINY_CD), 3), _randomize(RestorationNet(TINY_RN), 4)).eval()
+    x = faces(2)
+    eager = run(m, x, 5)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    m.compile_networks()
+    try:
+        assert m.compiled and all(getattr(m, n)._compiled_call_impl is not None for n in m.COMPILED)
+        compiled = run(m, x, 5)
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-4)
+        assert torch.equal(run(m, x, 5), compiled)                   # the compiled graph is reused, deterministic
+        assert all(torch.equal(v, state[k]) for k, v in m.state_dict().items())
+    finally:
+        m.compile_networks(False)
+    assert not m.compiled and torch.equal(run(m, x, 5), eager)
+
+
+def test_w_plus_path_never_runs_in_tf32(model: VSPBFRModel) -> None:
+    """Hosts turn TF32 on (A1111 does, cuDNN convolutions default to it); the networks see it off, except the
+    feature bank and restoration network when allow_tf32 opts in, and the caller's flags come back afterwards."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    seen: dict[str, list[tuple[bool, bool]]] = {}
+    names = ("style_encoder", "code_diffuser", "stylegan", "restoration_net")
+    handles = [getattr(model, n).register_forward_pre_hook(
+        lambda mod, args, n=n: seen.setdefault(n, []).append((cudnn.allow_tf32, matmul.allow_tf32))) for n in names]
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = True
+    try:
+        run(model, faces(1), 1)
+        default = dict(seen)
+        seen.clear()
+        model.allow_tf32 = True
+        run(model, faces(1), 1)
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+        model.allow_tf32 = False
+        for h in handles:
+            h.remove()
+    assert all(default[n] and set(default[n]) == {(False, False)} for n in names)
+    assert set(seen["style_encoder"]) == set(seen["code_diffuser"]) == {(False, False)}
+    assert set(seen["stylegan"]) == set(seen["restoration_net"]) == {(True, True)}
+
+
+def test_feature_bank_runs_in_the_compute_dtype_whatever_the_prompts_dtype() -> None:
+    m = VSPBFRModel(_randomize(StyleEncoder(TINY_ENC), 1), _randomize(StyleGAN2Synthesis(TINY_SG), 2),
+                    _randomize(CodeDiffuser(TINY_CD), 3), _randomize(RestorationNet(TINY_RN), 4)).eval()
+    m.set_precision(torch.bfloat16)
+    noise = m.draw_noise_per_face([make_generator(1, 0)]).to("cpu", torch.bfloat16)
+    with torch.inference_mode():
+        prompts = m.diffuse(m.encode(faces(1)), noise.x_T)
+        assert prompts.dtype == torch.float32                 # the W+ path stays float32
+        bank, _ = m.feature_bank(prompts, noise.stylegan)
+    assert all(f.dtype == torch.bfloat16 for f in bank)

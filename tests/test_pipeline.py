@@ -186,3 +186,11 @@ def test_half_precision_keeps_fragile_parts_exact_float32(models_dir: Path) -> N
     assert out.dtype == torch.float32 and torch.isfinite(out).all() and (out - ref).abs().mean() < 0.2
     with pytest.raises(Exception, match="float16 is not supported on CPU"):
         p.to("cpu", torch.float16)
+
+
+def test_compile_option_reaches_the_networks(models_dir: Path, pipe: VSPBFRPipeline) -> None:
+    # the graph-capturing "eager" backend keeps this quick; inductor itself is tested in test_core_model
+    p = VSPBFRPipeline.from_dir(models_dir, detector="retinaface_mobile0.25", compile={"backend": "eager"}).to("cpu")
+    assert p.model.compiled
+    img = load("gfpgan_00.jpg")
+    torch.testing.assert_close(p(img, seed=2).images, pipe(img, seed=2).images, rtol=0, atol=1e-6)

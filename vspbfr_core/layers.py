@@ -50,9 +50,14 @@ def blur_kernel_2d(taps: tuple[int, ...] = (1, 3, 3, 1), gain: float = 1.0) -> t
 
 
 def fir_filter(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
-    """``upfirdn2d(x, kernel, up=1, down=1, pad)``: pad then depthwise true convolution."""
+    """``upfirdn2d(x, kernel, up=1, down=1, pad)``: pad then depthwise true convolution.
+
+    Symmetric padding goes to the convolution itself (no padded copy of ``x``; same values).
+    """
     c = x.shape[1]
     k = torch.flip(kernel, (0, 1)).to(x.dtype)[None, None].expand(c, 1, *kernel.shape)
+    if pad[0] == pad[1]:
+        return F.conv2d(x, k, padding=pad[0], groups=c)
     x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
     return F.conv2d(x, k, groups=c)
 

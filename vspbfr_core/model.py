@@ -17,6 +17,8 @@ batch it is in.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -28,9 +30,30 @@ from .rng import rand_scalar, randint_scalar, randn
 from .stylegan2 import StyleGAN2Synthesis
 from .wplus_diffusion import CodeDiffuser, DDPMSchedule, StepCallback, sample_wplus
 
-__all__ = ["VSPBFRModel", "RestoreNoise", "MIXING_PROBABILITY"]
+__all__ = ["VSPBFRModel", "RestoreNoise", "MIXING_PROBABILITY", "exact_float32"]
 
 MIXING_PROBABILITY = 0.5   # official mixing_noise(B, 512, 0.5)
+
+
+@contextlib.contextmanager
+def exact_float32(enabled: bool = True) -> Iterator[None]:
+    """float32 convolutions and matmuls in full float32 (no TF32) inside the block; the caller's settings after.
+
+    PyTorch lets cuDNN use TF32 (10-bit mantissa inputs) for float32 convolutions by default, and hosts such as
+    A1111 turn it on for matmuls too.  On the parity fixture TF32 moved the encoder's W+ by 1.2e-3 and, through
+    the W+ diffusion, the restored face by 0.23 (float32 without TF32: 2e-4), so the W+ path always runs
+    without it.  (Only the process-wide flags are touched; CPU work is unaffected by them.)
+    """
+    if not enabled:
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 @dataclass
@@ -94,6 +117,10 @@ class VSPBFRModel(nn.Module):
         self.restoration_net = restoration_net
         self.schedule = DDPMSchedule.from_config(code_diffuser.config)
         self.channels_last = True      # NHWC activations: same values, faster convolutions
+        self.compiled = False          # see compile_networks
+        # TF32 for the float32 feature bank and restoration network (its mapping MLP included; faster on NVIDIA
+        # Ampere and later, about 1e-3 less exact); the style encoder and W+ diffusion never use it (exact_float32)
+        self.allow_tf32 = False
         rc, sc, ec = restoration_net.config, stylegan.config, style_encoder.config
         if ec.num_ws < rc.n_latent or ec.num_ws < sc.num_ws or ec.w_dim != rc.w_dim or ec.w_dim != sc.w_dim:
             raise ValueError(f"incompatible networks: encoder {ec.num_ws}x{ec.w_dim}, StyleGAN {sc.num_ws}x{sc.w_dim}, "
@@ -128,6 +155,31 @@ class VSPBFRModel(nn.Module):
             for name, b in list(sub.named_buffers(recurse=False)):
                 if b is not None and id(b) not in kept:
                     sub._buffers[name] = b.to(device=device, dtype=dtype if b.is_floating_point() else None)
+        # the encoder's plain nn.Conv2d weights in the activations' NHWC layout (same values; saves a reorder
+        # of every weight on every call); float64 runs NCHW
+        self.style_encoder.to(memory_format=torch.channels_last if self.channels_last and dtype != torch.float64
+                              else torch.contiguous_format)
+        return self
+
+    COMPILED = ("style_encoder", "code_diffuser", "stylegan", "restoration_net")
+
+    def compile_networks(self, enable: bool = True, **options) -> VSPBFRModel:
+        """Opt-in ``torch.compile`` of the four networks (in place; weights and state dict unchanged).
+
+        ``options`` go to ``torch.compile`` (``mode``, ``backend``, ``dynamic``, ``fullgraph``); the first
+        call per input shape, dtype and device compiles (tens of seconds to minutes), later calls reuse it.
+        ``enable=False`` goes back to eager.  Compiled and eager outputs agree to float rounding, not bit for
+        bit (the compiler fuses and reorders element-wise work), so parity runs stay eager.
+        """
+        if enable and not hasattr(nn.Module, "compile"):
+            raise RuntimeError(f"torch.compile of the networks needs torch >= 2.2 (this is {torch.__version__})")
+        for name in self.COMPILED:
+            sub = getattr(self, name)
+            if enable:
+                sub.compile(**options)
+            else:
+                sub._compiled_call_impl = None
+        self.compiled = enable
         return self
 
     @property
@@ -182,23 +234,32 @@ class VSPBFRModel(nn.Module):
     def encode(self, faces: torch.Tensor) -> torch.Tensor:
         """Aligned faces ``[F, 3, R, R]`` in [-1, 1] -> encoder W+ ``[F, num_ws, w_dim]`` (float32 under half)."""
         dt = self.style_encoder.latent_avg.dtype          # float32 (or float64) even when the rest is half
-        return self.style_encoder(self.memory_format(faces.to(dt)))
+        with exact_float32():
+            return self.style_encoder(self.memory_format(faces.to(dt)))
 
     def diffuse(self, ws: torch.Tensor, x_T: torch.Tensor, callback: StepCallback | None = None) -> torch.Tensor:
         """Encoder W+ -> visual style prompt W+ (same shape, in the diffuser's float32/float64)."""
         dt = next(self.code_diffuser.parameters()).dtype     # float32 (or float64) even when the rest is half
-        return sample_wplus(self.code_diffuser, ws.to(dt), x_T.to(ws.device, dt), self.schedule, callback)
+        with exact_float32():
+            return sample_wplus(self.code_diffuser, ws.to(dt), x_T.to(ws.device, dt), self.schedule, callback)
 
     def feature_bank(self, prompts: torch.Tensor, noise: list[torch.Tensor], extra_noise: list[torch.Tensor] | None = None,
                      style_sample: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """StyleGAN2 features 4..R px from the prompts; with ``style_sample`` the full RGB render too."""
+        """StyleGAN2 features 4..R px from the prompts; with ``style_sample`` the full RGB render too.
+
+        Runs in ``compute_dtype`` whatever the prompts' dtype (the synthesis follows its input's dtype, so
+        float32 prompts from ``diffuse`` would otherwise run a half-precision model's bank in float32).
+        """
+        prompts = prompts.to(self.compute_dtype)
         if style_sample:
             if not extra_noise:
                 raise ValueError("style_sample needs the extra StyleGAN noise (draw_noise(..., style_sample=True))")
-            feats, img = self.stylegan(prompts, list(noise) + list(extra_noise), None, return_image=True,
-                                       channels_last=self._nhwc(prompts))
+            with exact_float32(not self.allow_tf32):
+                feats, img = self.stylegan(prompts, list(noise) + list(extra_noise), None, return_image=True,
+                                           channels_last=self._nhwc(prompts))
             return feats[: self.num_bank_features], img
-        feats, _ = self.stylegan(prompts, noise, self.num_bank_features, channels_last=self._nhwc(prompts))
+        with exact_float32(not self.allow_tf32):
+            feats, _ = self.stylegan(prompts, noise, self.num_bank_features, channels_last=self._nhwc(prompts))
         return feats, None
 
     @property
@@ -209,8 +270,9 @@ class VSPBFRModel(nn.Module):
     def restore(self, faces: torch.Tensor, bank: list[torch.Tensor], prompts: torch.Tensor, noise: RestoreNoise,
                 bank_scale: float = 1.0) -> torch.Tensor:
         faces = self.memory_format(faces.to(self.compute_dtype))
-        return self.restoration_net(faces, bank, prompts, noise.z1, noise.z2, noise.inject_index,
-                                    noise.encoder, noise.decoder, bank_scale=bank_scale)
+        with exact_float32(not self.allow_tf32):
+            return self.restoration_net(faces, bank, prompts, noise.z1, noise.z2, noise.inject_index,
+                                        noise.encoder, noise.decoder, bank_scale=bank_scale)
 
     def forward(self, faces: torch.Tensor, noise: RestoreNoise, *, prompt_mix: float = 1.0, bank_scale: float = 1.0,
                 callback: StepCallback | None = None) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Parity check against golden fixtures produced by the official VSPBFR code.
 
 Usage:
-    python -m vspbfr_core.parity FIXTURE_DIR [--dtype float64|float32] [--save OUT.safetensors]
+    python -m vspbfr_core.parity FIXTURE_DIR... [--dtype float64 float32 bfloat16 float16] [--device cuda]
+                                 [--tf32] [--quiet] [--save OUT.safetensors]
     python -m vspbfr_core.parity --write-weights MANIFEST -o DIR
 
 A fixture directory holds ``golden_f64.safetensors``, ``tapes.safetensors`` + ``tapes.json`` (every
@@ -73,12 +74,29 @@ def regen_dict(manifest: dict[str, Any], name: str) -> tuple[dict[str, torch.Ten
     return sd, extra
 
 
-def load_manifest_networks(manifest: dict[str, Any], which: tuple[str, ...], source: str) -> dict[str, LoadedCheckpoint]:
-    """Regenerate and strictly load the manifest's networks through the regular loader."""
+_REGEN_CACHE: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+
+
+def load_manifest_networks(manifest: dict[str, Any], which: tuple[str, ...], source: str,
+                           cache: bool = False) -> dict[str, LoadedCheckpoint]:
+    """Regenerate and strictly load the manifest's networks through the regular loader.
+
+    ``cache=True`` keeps the regenerated state dicts of the last manifest ``source`` in memory (about
+    1.7 GB for all three) and hands each network a copy, so several precisions or fixtures in one process
+    regenerate once.
+    """
     out = {}
+    if cache and any(k[0] != source for k in _REGEN_CACHE):
+        _REGEN_CACHE.clear()
     for name in which:
-        sd, extra = regen_dict(manifest, name)
-        sd.update(extra)
+        sd = _REGEN_CACHE.get((source, name)) if cache else None
+        if sd is None:
+            sd, extra = regen_dict(manifest, name)
+            sd.update(extra)
+            if cache:
+                _REGEN_CACHE[(source, name)] = sd
+        if cache:
+            sd = {k: v.clone() for k, v in sd.items()}
         out[name] = load_state_dict_kind(sd, MANIFEST_NAMES[name], f"{source}:{name}")  # type: ignore[arg-type]
     return out
 
@@ -217,8 +235,30 @@ def _restore_noise(tapes: Tapes, batch: int, n_latent: int) -> tuple[torch.Tenso
     return tapes.z.reshape(batch, -1), None, None
 
 
-def run_fixture(fixture: Path, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]:
-    """Run our implementation on one fixture; returns (ours, golden, kind)."""
+def run_fixture(fixture: Path, dtype: torch.dtype, device: torch.device | str = "cpu",
+                tf32: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]:
+    """Run our implementation on one fixture; returns (ours, golden, kind).
+
+    On CUDA, float32 runs with TF32 convolutions and matmuls off unless ``tf32`` (PyTorch enables TF32
+    convolutions by default; they round inputs to 10 mantissa bits, which is a precision choice of its own).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        # deterministic cuDNN algorithms too: the run checks that its stage-by-stage and whole-network results
+        # are identical, which nondeterministic (atomic-add) convolution algorithms do not guarantee
+        cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+        saved = cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic, cudnn.benchmark
+        cudnn.allow_tf32 = matmul.allow_tf32 = tf32
+        cudnn.deterministic, cudnn.benchmark = True, False
+        try:
+            return _run_fixture(fixture, dtype, device, tf32)
+        finally:
+            cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic, cudnn.benchmark = saved
+    return _run_fixture(fixture, dtype, device, tf32)
+
+
+def _run_fixture(fixture: Path, dtype: torch.dtype, device: torch.device, tf32: bool
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]:
     from safetensors.torch import load_file
 
     golden = load_file(str(fixture / "golden_f64.safetensors"))
@@ -228,26 +268,27 @@ def run_fixture(fixture: Path, dtype: torch.dtype) -> tuple[dict[str, torch.Tens
     inputs = meta.get("inputs", {})
     kind = fixture_kind(set(golden), inputs)
     ours: dict[str, torch.Tensor] = {}
-    cast = lambda t: t.to(dtype)  # noqa: E731
+    cast = lambda t: t.to(device, dtype)  # noqa: E731
+    wide_dt = torch.promote_types(dtype, torch.float32)        # the W+ path never runs in half
+    wide = lambda t: t.to(device, wide_dt)  # noqa: E731
 
     with torch.inference_mode():
         if kind == "ddpm":
-            nets = load_manifest_networks(manifest, ("code_diffuser",), str(manifest_path))
-            cd = nets["code_diffuser"].networks["code_diffuser"].to(torch.promote_types(dtype, torch.float32))
+            nets = load_manifest_networks(manifest, ("code_diffuser",), str(manifest_path), cache=True)
+            cd = nets["code_diffuser"].networks["code_diffuser"].to(device, wide_dt)
             schedule = DDPMSchedule.from_config(cd.config)
-            wide_dt = torch.promote_types(dtype, torch.float32)        # the W+ diffusion never runs in half
-            cond = (regen_tensor(inputs["condi_in"]) if "condi_in" in inputs else golden["condi_in"]).to(wide_dt)
+            cond = wide(regen_tensor(inputs["condi_in"]) if "condi_in" in inputs else golden["condi_in"])
             ours["condi_in"] = cond
             for name in ("betas", "alphas_cumprod", "alphas_cumprod_prev", "posterior_mean_coef1",
                          "posterior_mean_coef2", "posterior_variance"):
                 ours[f"schedule.{name}"] = getattr(schedule, name).to(wide_dt)
             assert tapes.x_T is not None
-            ours["ddpm.x_T"] = tapes.x_T.to(wide_dt)
-            ours["ddpm.out"] = sample_wplus(cd, cond, tapes.x_T.to(wide_dt), schedule, _ddpm_outputs(ours, True))
+            ours["ddpm.x_T"] = wide(tapes.x_T)
+            ours["ddpm.out"] = sample_wplus(cd, cond, wide(tapes.x_T), schedule, _ddpm_outputs(ours, True))
         elif kind == "restoration":
-            nets = load_manifest_networks(manifest, ("restoration",), str(manifest_path))
-            rn = nets["restoration"].networks["restoration_net"].to(dtype)
-            rn.style.to(torch.promote_types(dtype, torch.float32))       # the mapping MLP never runs in half
+            nets = load_manifest_networks(manifest, ("restoration",), str(manifest_path), cache=True)
+            rn = nets["restoration"].networks["restoration_net"].to(device, dtype)
+            rn.style.to(device, wide_dt)       # the mapping MLP never runs in half
             root = manifest_path.parent
             # the layout the pipeline runs in (NHWC; float64 stays NCHW, see VSPBFRModel.memory_format)
             nhwc = torch.channels_last if dtype != torch.float64 else torch.contiguous_format
@@ -257,21 +298,23 @@ def run_fixture(fixture: Path, dtype: torch.dtype) -> tuple[dict[str, torch.Tens
             ours["pre_latent"] = prompts
             ours["mixing_noise"] = _mixing_noise(tapes)
             z1, z2, inject = _restore_noise(tapes, faces.shape[0], rn.config.n_latent)
-            wide = lambda t: t.to(torch.promote_types(dtype, torch.float32))  # noqa: E731
-            _run_restoration(rn, faces, bank, prompts, wide(z1), None if z2 is None else wide(z2), inject,
+            _run_restoration(rn, faces, bank, prompts, wide(z1), None if z2 is None else wide(z2),
+                             None if inject is None else inject.to(device),
                              [cast(t) for t in tapes.encoder], [cast(t) for t in tapes.decoder], ours)
         else:
-            nets = load_manifest_networks(manifest, ("e4e", "code_diffuser", "restoration"), str(manifest_path))
+            nets = load_manifest_networks(manifest, ("e4e", "code_diffuser", "restoration"), str(manifest_path),
+                                          cache=True)
             model = VSPBFRModel(nets["e4e"].networks["style_encoder"], nets["e4e"].networks["stylegan"],
                                 nets["code_diffuser"].networks["code_diffuser"],
-                                nets["restoration"].networks["restoration_net"]).set_precision(dtype)
+                                nets["restoration"].networks["restoration_net"]).set_precision(dtype, device)
+            model.allow_tf32 = tf32      # the pipeline's TF32 opt-in: feature bank and restoration only
             faces = golden["input"]
             if (fixture / "input.png").is_file():
                 png = image_to_input(fixture / "input.png")
                 if not torch.equal(png, faces):
                     raise ValueError(f"{fixture}: input.png does not reproduce the golden 'input' tensor")
             ours["input"] = faces
-            faces = faces.to(torch.promote_types(dtype, torch.float32))     # the encoder never runs in half
+            faces = wide(faces)     # the encoder never runs in half
             batch = faces.shape[0]
             z1, z2, inject = _restore_noise(tapes, batch, model.restoration_net.config.n_latent)
             ours["mixing_noise"] = _mixing_noise(tapes)
@@ -379,9 +422,10 @@ def compare(ours: dict[str, torch.Tensor], golden: dict[str, torch.Tensor], stat
 
 
 def check_fixture(fixture: str | os.PathLike[str], dtype: torch.dtype = torch.float64,
-                  save: str | os.PathLike[str] | None = None) -> tuple[list[Comparison], str]:
+                  save: str | os.PathLike[str] | None = None, device: torch.device | str = "cpu",
+                  tf32: bool = False) -> tuple[list[Comparison], str]:
     fixture = Path(fixture)
-    ours, golden, kind = run_fixture(fixture, dtype)
+    ours, golden, kind = run_fixture(fixture, dtype, device, tf32)
     stats_path = fixture / "parity_stats.json"
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
     if save is not None:
@@ -393,11 +437,16 @@ def check_fixture(fixture: str | os.PathLike[str], dtype: torch.dtype = torch.fl
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vspbfr_core.parity", description=__doc__.split("\n")[0])
-    p.add_argument("fixture", nargs="?", help="fixture directory (golden_f64.safetensors, tapes.*)")
-    p.add_argument("--dtype", choices=("float64", "float32", "bfloat16", "float16"), default="float64",
+    p.add_argument("fixture", nargs="*", help="fixture directories (golden_f64.safetensors, tapes.*)")
+    p.add_argument("--dtype", nargs="+", choices=("float64", "float32", "bfloat16", "float16"), default=["float64"],
                    help="float64: the pass/fail parity claim; float32: smoke check; bfloat16/float16: the half "
-                        "precision paths (W+ diffusion and mapping stay float32), checked on `restored` only")
-    p.add_argument("--save", help="write our outputs, under the fixture's tensor names, to this .safetensors file")
+                        "precision paths (W+ diffusion and mapping stay float32), checked on `restored` only; "
+                        "several run one after the other")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
+    p.add_argument("--tf32", action="store_true", help="CUDA float32: allow TF32 convolutions/matmuls (default off)")
+    p.add_argument("--quiet", action="store_true", help="print the restored tensor and the summary line only")
+    p.add_argument("--save", help="write our outputs, under the fixture's tensor names, to this .safetensors file "
+                                  "(one fixture and one dtype only)")
     p.add_argument("--write-weights", metavar="MANIFEST", help="write the regenerated weights as official .pt files")
     p.add_argument("-o", "--out", help="output directory for --write-weights")
     args = p.parse_args(argv)
@@ -409,13 +458,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.fixture:
         p.error("give a fixture directory (or --write-weights MANIFEST -o DIR)")
-    dtype = getattr(torch, args.dtype)
-    results, kind = check_fixture(args.fixture, dtype, args.save)
-    for r in results:
-        print(r.line())
-    failed = [r.name for r in results if not r.ok]
-    print(f"{args.fixture}: {kind} fixture, {len(results)} tensors, {len(failed)} over tolerance ({args.dtype})")
-    return 1 if failed else 0
+    if args.save and (len(args.fixture) > 1 or len(args.dtype) > 1):
+        p.error("--save takes one fixture and one --dtype")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available")
+    status = 0
+    for fixture in args.fixture:
+        for name in args.dtype:
+            results, kind = check_fixture(fixture, getattr(torch, name), args.save, device, args.tf32)
+            for r in results:
+                if not args.quiet or r.name == "restored" or not r.ok:
+                    print(r.line())
+            failed = [r.name for r in results if not r.ok]
+            where = f"{device}{' tf32' if args.tf32 and device.type == 'cuda' and name == 'float32' else ''}"
+            print(f"{fixture}: {kind} fixture, {len(results)} tensors, {len(failed)} over tolerance ({name}, {where})",
+                  flush=True)
+            status |= bool(failed)
+    return int(status)
 
 
 if __name__ == "__main__":

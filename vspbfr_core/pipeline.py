@@ -110,8 +110,12 @@ class VSPBFRPipeline:
     """Owns the VSPBFR networks and (optionally) a face detector; runs on one device and dtype."""
 
     def __init__(self, model: VSPBFRModel, detector: nn.Module | None = None, *, chunk_size: int = 4,
-                 low_memory: bool = False, offload_device: torch.device | str = "cpu"):
+                 low_memory: bool = False, offload_device: torch.device | str = "cpu",
+                 compile: bool | dict[str, Any] = False, allow_tf32: bool = False):
         self.model = model.eval()
+        self.model.allow_tf32 = allow_tf32     # CUDA float32 bank + restoration in TF32 (see VSPBFRModel)
+        if compile:     # opt-in torch.compile; a dict holds torch.compile options (mode, backend, dynamic)
+            self.model.compile_networks(**(compile if isinstance(compile, dict) else {}))
         self.detector = detector.eval() if detector is not None else None
         self.chunk_size = max(1, int(chunk_size))
         self.low_memory = low_memory

@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="network precision (auto: float32; the W+ diffusion always runs in float32)")
     g.add_argument("--chunk-size", type=int, default=4, help="faces per network batch (halved on out-of-memory)")
     g.add_argument("--low-memory", action="store_true", help="keep only the running network on the device")
+    g.add_argument("--tf32", action="store_true",
+                   help="CUDA float32: TF32 for the feature bank and restoration (faster, ~1e-3 less exact); "
+                        "the encoder and W+ diffusion always run in full float32")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the networks (slow first batch, faster after: for folders and video frames)")
     g.add_argument("--aligned", action="store_true",
                    help="inputs are already aligned square face crops: skip detection and paste-back")
     s = p.add_argument_group("face selection")
@@ -201,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     pipe = VSPBFRPipeline.from_dir(args.models, detector=None if args.aligned else DETECTORS[args.detector],
                                    detector_dir=args.detector_dir, chunk_size=args.chunk_size,
-                                   low_memory=args.low_memory).to(device, dtype)
+                                   low_memory=args.low_memory, compile=args.compile,
+                                   allow_tf32=args.tf32).to(device, dtype)
     load_s = time.perf_counter() - t0
     options = RestoreOptions(
         seed=args.seed, threshold=args.threshold, min_size=args.min_size, max_faces=args.max_faces,
