@@ -121,3 +121,37 @@ def test_full_size_run_is_reproducible(tmp_path: Path) -> None:
     assert outs[0] == outs[1] and len(outs[0]) == 3
     with Image.open(tmp_path / "a" / "faces" / "cf_04_00_after.png") as im:
         assert im.size == (512, 512)
+
+
+def test_speed_options_reach_the_pipeline(models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from vspbfr_core.model import VSPBFRModel
+    from vspbfr_core.pipeline import VSPBFRPipeline
+
+    src = shared_path("faces", "whole", "cf_04.jpg")
+    assert main(["restore", str(src), "-o", str(tmp_path / "plain"), "--models", str(models_dir),
+                 "--detector", "mobile0.25"]) == 0
+    seen: dict[str, object] = {}
+    init = VSPBFRPipeline.__init__
+
+    def spy(self: VSPBFRPipeline, *args: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+        init(self, *args, **kwargs)
+        seen["model_tf32"] = self.model.allow_tf32
+
+    monkeypatch.setattr(VSPBFRPipeline, "__init__", spy)
+    # compiling itself is tested in test_core_model / test_pipeline; here only that the flag gets there
+    monkeypatch.setattr(VSPBFRModel, "compile_networks", lambda self, enable=True, **o: seen.setdefault("compiled", enable))
+    threads = torch.get_num_threads()
+    try:
+        assert main(["restore", str(src), "-o", str(tmp_path / "fast"), "--models", str(models_dir),
+                     "--detector", "mobile0.25", "--threads", "1", "--tf32", "--compile"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert seen["compile"] is True and seen["compiled"] is True and seen["model_tf32"] is True
+    # on CPU TF32 changes nothing; one thread instead of two may only reorder float sums
+    a = np.asarray(Image.open(tmp_path / "plain" / src.name)).astype(int)
+    b = np.asarray(Image.open(tmp_path / "fast" / src.name)).astype(int)
+    assert np.abs(a - b).max() <= 1

@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="network precision (auto: float32; the W+ diffusion always runs in float32)")
     g.add_argument("--chunk-size", type=int, default=4, help="faces per network batch (halved on out-of-memory)")
     g.add_argument("--low-memory", action="store_true", help="keep only the running network on the device")
+    g.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for the networks (default 0: PyTorch's choice, one per physical core)")
     g.add_argument("--tf32", action="store_true",
                    help="CUDA float32: TF32 for the feature bank and restoration (faster, ~1e-3 less exact); "
                         "the encoder and W+ diffusion always run in full float32")
@@ -202,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
     files = collect_inputs(args.inputs)
     out_dir = Path(args.out)
     device = _pick_device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     dtype = torch.float32 if args.dtype == "auto" else getattr(torch, args.dtype)
     t0 = time.perf_counter()
     pipe = VSPBFRPipeline.from_dir(args.models, detector=None if args.aligned else DETECTORS[args.detector],
