@@ -269,7 +269,8 @@ class OursRunner:
         del loaded
         self.device, self.dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
         # the pipeline's placement: half precision never rounds the W+ diffuser or the mapping MLP
-        self.model = VSPBFRPipeline(model, None, allow_tf32=bool(spec.get("tf32"))).to(self.device, self.dtype).model.eval()
+        pipe = VSPBFRPipeline(model, None, allow_tf32=bool(spec.get("tf32")))
+        self.model = pipe.to(self.device, self.dtype).model.eval()
         if spec.get("compile"):
             self.model.compile_networks()     # compiled during the warm-up run(s)
 

@@ -142,7 +142,8 @@ def test_speed_options_reach_the_pipeline(models_dir: Path, tmp_path: Path, monk
 
     monkeypatch.setattr(VSPBFRPipeline, "__init__", spy)
     # compiling itself is tested in test_core_model / test_pipeline; here only that the flag gets there
-    monkeypatch.setattr(VSPBFRModel, "compile_networks", lambda self, enable=True, **o: seen.setdefault("compiled", enable))
+    monkeypatch.setattr(VSPBFRModel, "compile_networks",
+                        lambda self, enable=True, **o: seen.setdefault("compiled", enable))
     threads = torch.get_num_threads()
     try:
         assert main(["restore", str(src), "-o", str(tmp_path / "fast"), "--models", str(models_dir),

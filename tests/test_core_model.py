@@ -170,3 +170,17 @@ def test_feature_bank_runs_in_the_compute_dtype_whatever_the_prompts_dtype() -> 
         assert prompts.dtype == torch.float32                 # the W+ path stays float32
         bank, _ = m.feature_bank(prompts, noise.stylegan)
     assert all(f.dtype == torch.bfloat16 for f in bank)
+
+
+def test_one_face_per_call_on_cpu_gives_the_batched_result(model: VSPBFRModel) -> None:
+    x = faces(3)
+    noise = model.draw_noise_per_face([make_generator(2, i) for i in range(3)])
+    assert model.cpu_faces_per_call == 1
+    with torch.inference_mode():
+        split = model(x, noise)
+        model.cpu_faces_per_call = 0          # the whole batch in one call
+        try:
+            whole = model(x, noise)
+        finally:
+            model.cpu_faces_per_call = 1
+    torch.testing.assert_close(split, whole, rtol=0, atol=1e-5)

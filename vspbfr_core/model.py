@@ -263,10 +263,10 @@ class VSPBFRModel(nn.Module):
                 feats, img = self.stylegan(prompts, list(noise) + list(extra_noise), None, return_image=True,
                                            channels_last=self._nhwc(prompts))
             return feats[: self.num_bank_features], img
-        step = self._faces_per_call(prompts)
+        step, nhwc = self._faces_per_call(prompts), self._nhwc(prompts)
         with exact_float32(not self.allow_tf32):
             parts = [self.stylegan(prompts[a:a + step], [t[a:a + step] for t in noise], self.num_bank_features,
-                                   channels_last=self._nhwc(prompts))[0] for a in range(0, prompts.shape[0], step)]
+                                   channels_last=nhwc)[0] for a in range(0, max(1, prompts.shape[0]), step)]
         if len(parts) == 1:
             return parts[0], None
         return [torch.cat(level) for level in zip(*parts)], None
@@ -295,7 +295,7 @@ class VSPBFRModel(nn.Module):
                                          cut(noise.z1, a), cut(noise.z2, a), cut(noise.inject_index, a),
                                          [cut(t, a) for t in noise.encoder], [cut(t, a) for t in noise.decoder],
                                          bank_scale=bank_scale)
-                    for a in range(0, n, step)]
+                    for a in range(0, max(1, n), step)]
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def forward(self, faces: torch.Tensor, noise: RestoreNoise, *, prompt_mix: float = 1.0, bank_scale: float = 1.0,
