@@ -129,9 +129,7 @@ def test_speed_options_reach_the_pipeline(models_dir: Path, tmp_path: Path, monk
     from vspbfr_core.model import VSPBFRModel
     from vspbfr_core.pipeline import VSPBFRPipeline
 
-    src = shared_path("faces", "whole", "cf_04.jpg")
-    assert main(["restore", str(src), "-o", str(tmp_path / "plain"), "--models", str(models_dir),
-                 "--detector", "mobile0.25"]) == 0
+    src = shared_path("faces", "whole", "skimage_astronaut.png")
     seen: dict[str, object] = {}
     init = VSPBFRPipeline.__init__
 
@@ -146,13 +144,15 @@ def test_speed_options_reach_the_pipeline(models_dir: Path, tmp_path: Path, monk
                         lambda self, enable=True, **o: seen.setdefault("compiled", enable))
     threads = torch.get_num_threads()
     try:
+        assert main(["restore", str(src), "-o", str(tmp_path / "plain"), "--models", str(models_dir),
+                     "--detector", "mobile0.25", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1 and not seen["model_tf32"]
+        torch.set_num_threads(threads)
         assert main(["restore", str(src), "-o", str(tmp_path / "fast"), "--models", str(models_dir),
                      "--detector", "mobile0.25", "--threads", "1", "--tf32", "--compile"]) == 0
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
     assert seen["compile"] is True and seen["compiled"] is True and seen["model_tf32"] is True
-    # on CPU TF32 changes nothing; one thread instead of two may only reorder float sums
-    a = np.asarray(Image.open(tmp_path / "plain" / src.name)).astype(int)
-    b = np.asarray(Image.open(tmp_path / "fast" / src.name)).astype(int)
-    assert np.abs(a - b).max() <= 1
+    # on CPU the TF32 flags change nothing (and compiling is stubbed here)
+    assert (tmp_path / "fast" / src.name).read_bytes() == (tmp_path / "plain" / src.name).read_bytes()
