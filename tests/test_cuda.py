@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import SHARED, shared_path
 from test_core_loading import TINY_CD, TINY_ENC, TINY_RN, TINY_SG, _randomize
 from vspbfr_core.encoder import StyleEncoder
-from vspbfr_core.model import VSPBFRModel
+from vspbfr_core.model import VSPBFRModel, exact_float32
 from vspbfr_core.parity import HALF_TOLERANCE, check_fixture
 from vspbfr_core.pipeline import VSPBFRPipeline
 from vspbfr_core.restorer import RestorationNet
@@ -29,10 +29,8 @@ FIXTURES = sorted(p.parent.name for p in (SHARED / "parity").glob("*/golden_f64.
 @pytest.fixture
 def no_tf32() -> Iterator[None]:
     """float32 comparisons with TF32 off (PyTorch turns TF32 convolutions on by default)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    with exact_float32():
+        yield
 
 
 def tiny_model() -> VSPBFRModel:

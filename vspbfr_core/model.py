@@ -92,6 +92,14 @@ class RestoreNoise:
             [torch.cat(t) for t in zip(*[p.stylegan_extra for p in parts])] if extra_lens != {0} else [],
         )
 
+    def slice(self, a: int, b: int) -> RestoreNoise:
+        """Faces ``a:b`` (views, no copies)."""
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[a:b]
+        return RestoreNoise(self.z1[a:b], cut(self.z2), cut(self.inject_index), self.x_T[a:b],
+                            [t[a:b] for t in self.stylegan], [t[a:b] for t in self.encoder],
+                            [t[a:b] for t in self.decoder], [t[a:b] for t in self.stylegan_extra])
+
     def to(self, device: torch.device | str, dtype: torch.dtype) -> RestoreNoise:
         """Noise maps in ``dtype``; the latents (z, x_T) never narrower than float32, as their consumers run."""
         wide = torch.promote_types(dtype, torch.float32)
@@ -287,15 +295,13 @@ class VSPBFRModel(nn.Module):
                 bank_scale: float = 1.0) -> torch.Tensor:
         faces = self.memory_format(faces.to(self.compute_dtype))
         n, step = faces.shape[0], self._faces_per_call(faces)
-
-        def cut(t: torch.Tensor | None, a: int) -> torch.Tensor | None:      # per-face tensors only
-            return t if t is None or t.ndim == 0 or t.shape[0] != n else t[a:a + step]
+        outs = []
         with exact_float32(not self.allow_tf32):
-            outs = [self.restoration_net(faces[a:a + step], [cut(f, a) for f in bank], prompts[a:a + step],
-                                         cut(noise.z1, a), cut(noise.z2, a), cut(noise.inject_index, a),
-                                         [cut(t, a) for t in noise.encoder], [cut(t, a) for t in noise.decoder],
-                                         bank_scale=bank_scale)
-                    for a in range(0, max(1, n), step)]
+            for a in range(0, max(1, n), step):
+                part = noise if step >= n else noise.slice(a, a + step)
+                outs.append(self.restoration_net(faces[a:a + step], [f[a:a + step] for f in bank], prompts[a:a + step],
+                                                 part.z1, part.z2, part.inject_index, part.encoder, part.decoder,
+                                                 bank_scale=bank_scale))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def forward(self, faces: torch.Tensor, noise: RestoreNoise, *, prompt_mix: float = 1.0, bank_scale: float = 1.0,

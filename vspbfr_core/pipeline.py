@@ -276,7 +276,7 @@ class VSPBFRPipeline:
         noise = noise.to(self.device, self.dtype)
 
         def run(a: int, b: int) -> torch.Tensor:
-            part = _slice_noise(noise, a, b)
+            part = noise.slice(a, b)
             prompts = style.prompts[a:b].to(self.device, self.dtype)
             bank, _ = self.model.feature_bank(prompts, part.stylegan)
             out = self.model.restore(self._signed(crops[a:b]), bank, prompts, part, o.bank_scale)
@@ -381,13 +381,6 @@ class VSPBFRPipeline:
         h, w = out.shape[-2:]
         return RestoreResult(to_host(out.to(rgb.dtype), layout).cpu(), torch.ones(rgb.shape[0], h, w), None, rgb.cpu(),
                              restored.cpu(), style, o.seed)
-
-
-def _slice_noise(noise: RestoreNoise, a: int, b: int) -> RestoreNoise:
-    return RestoreNoise(noise.z1[a:b], None if noise.z2 is None else noise.z2[a:b],
-                        None if noise.inject_index is None else noise.inject_index[a:b], noise.x_T[a:b],
-                        [t[a:b] for t in noise.stylegan], [t[a:b] for t in noise.encoder],
-                        [t[a:b] for t in noise.decoder], [t[a:b] for t in noise.stylegan_extra])
 
 
 def load_pipeline(models_dir: str | os.PathLike[str] | None = None, *, device: str | torch.device = "cpu",
