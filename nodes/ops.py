@@ -141,10 +141,7 @@ def find_faces(images: torch.Tensor, detector: str, *, threshold: float = DEFAUL
         parts.append(detect_faces(net, images[b:b + 1], threshold=threshold, min_size=min_size, max_faces=max_faces,
                                   selection=selection, order=order))
         progress.step("detect")
-    dets = Detections(torch.cat([p.image_index + b for b, p in enumerate(parts)]),
-                      torch.cat([p.boxes for p in parts]), torch.cat([p.landmarks for p in parts]),
-                      torch.cat([p.scores for p in parts]), torch.cat([p.order_index for p in parts]),
-                      images.shape[0], parts[0].image_size)
+    dets = Detections.concat(parts)
     rgb, _ = from_host(images)
     aligned = align_faces(rgb.float().cpu(), dets, size=size)
     # channels-last storage: the crops IMAGE output [F, S, S, 3] is then a view of the same memory, not a copy

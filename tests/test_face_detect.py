@@ -275,3 +275,14 @@ def test_detection_without_torchvision(detector, photos, found, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision.ops", None)           # import fails -> plain torch NMS
     dets = detect_faces(detector, photos["cf_00.jpg"])
     assert torch.equal(dets.boxes, found["cf_00.jpg"].boxes)
+
+
+def test_detections_concat_offsets_images_and_keeps_empty_ones() -> None:
+    def one(n_faces: int, num_images: int, image: int = 0) -> Detections:
+        return Detections(torch.full((n_faces,), image, dtype=torch.long), torch.rand(n_faces, 4),
+                          torch.rand(n_faces, 5, 2), torch.rand(n_faces), torch.arange(n_faces), num_images, (32, 48))
+    a, empty, c = one(2, 1), Detections.empty(1, (32, 48)), one(1, 2, image=1)
+    d = Detections.concat([a, empty, c])
+    assert d.num_images == 4 and d.image_size == (32, 48)
+    assert d.image_index.tolist() == [0, 0, 3] and d.counts() == [2, 0, 0, 1]
+    assert torch.equal(d.boxes, torch.cat([a.boxes, c.boxes]))

@@ -185,7 +185,7 @@ class VSPBFRPipeline:
     # -- stages ------------------------------------------------------------------------------------
 
     def detect(self, images: torch.Tensor, options: RestoreOptions | None = None) -> Any:
-        from .face import detect_faces
+        from .face import Detections, detect_faces
 
         if self.detector is None:
             raise VSPBFRError("this pipeline has no face detector; build it with detector=... or pass aligned faces")
@@ -200,11 +200,7 @@ class VSPBFRPipeline:
         # One image at a time: batched convolutions may round differently, and a landmark that moves by
         # 1e-5 px changes the aligned crop, so an image would restore differently in another batch.
         parts = [detect_faces(self.detector, images[i:i + 1], **kwargs) for i in range(images.shape[0])]
-        first = parts[0]
-        return type(first)(torch.cat([p.image_index + i for i, p in enumerate(parts)]),
-                           torch.cat([p.boxes for p in parts]), torch.cat([p.landmarks for p in parts]),
-                           torch.cat([p.scores for p in parts]), torch.cat([p.order_index for p in parts]),
-                           images.shape[0], first.image_size)
+        return Detections.concat(parts)
 
     def align(self, images_bchw: torch.Tensor, detections: Any) -> Any:
         from .face import align_faces

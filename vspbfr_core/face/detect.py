@@ -93,6 +93,19 @@ class Detections:
     def __len__(self) -> int:
         return int(self.image_index.shape[0])
 
+    @classmethod
+    def concat(cls, parts: Sequence[Detections]) -> Detections:
+        """The detections of consecutive image batches as one batch (image indices offset accordingly)."""
+        if not parts:
+            raise ValueError("no detections to concatenate")
+        offsets = [0]
+        for p in parts[:-1]:
+            offsets.append(offsets[-1] + p.num_images)
+        return cls(torch.cat([p.image_index + off for p, off in zip(parts, offsets)]),
+                   torch.cat([p.boxes for p in parts]), torch.cat([p.landmarks for p in parts]),
+                   torch.cat([p.scores for p in parts]), torch.cat([p.order_index for p in parts]),
+                   offsets[-1] + parts[-1].num_images, parts[0].image_size)
+
     @property
     def sizes(self) -> torch.Tensor:
         """[F] face size in pixels: the short side of the box (what ``min_size`` compares to)."""
