@@ -271,20 +271,22 @@ class VSPBFRModel(nn.Module):
                 feats, img = self.stylegan(prompts, list(noise) + list(extra_noise), None, return_image=True,
                                            channels_last=self._nhwc(prompts))
             return feats[: self.num_bank_features], img
-        step, nhwc = self._faces_per_call(prompts), self._nhwc(prompts)
+        nhwc = self._nhwc(prompts)
         with exact_float32(not self.allow_tf32):
-            parts = [self.stylegan(prompts[a:a + step], [t[a:a + step] for t in noise], self.num_bank_features,
-                                   channels_last=nhwc)[0] for a in range(0, max(1, prompts.shape[0]), step)]
+            parts = [self.stylegan(prompts[f], [t[f] for t in noise], self.num_bank_features, channels_last=nhwc)[0]
+                     for f in self._face_slices(prompts)]
         if len(parts) == 1:
             return parts[0], None
         return [torch.cat(level) for level in zip(*parts)], None
 
-    def _faces_per_call(self, x: torch.Tensor) -> int:
-        """How many faces go through the bank / restoration network at once (see ``cpu_faces_per_call``)."""
-        n = max(1, x.shape[0])
+    def _face_slices(self, x: torch.Tensor) -> list[slice]:
+        """The groups of faces that go through the bank / restoration network together (``cpu_faces_per_call``
+        on CPU, the whole batch elsewhere; one empty group for an empty batch)."""
+        n = x.shape[0]
+        step = max(1, n)
         if x.device.type == "cpu" and self.cpu_faces_per_call > 0:
-            return min(n, self.cpu_faces_per_call)
-        return n
+            step = min(step, self.cpu_faces_per_call)
+        return [slice(a, a + step) for a in range(0, max(1, n), step)]
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -294,14 +296,13 @@ class VSPBFRModel(nn.Module):
     def restore(self, faces: torch.Tensor, bank: list[torch.Tensor], prompts: torch.Tensor, noise: RestoreNoise,
                 bank_scale: float = 1.0) -> torch.Tensor:
         faces = self.memory_format(faces.to(self.compute_dtype))
-        n, step = faces.shape[0], self._faces_per_call(faces)
+        groups = self._face_slices(faces)
         outs = []
         with exact_float32(not self.allow_tf32):
-            for a in range(0, max(1, n), step):
-                part = noise if step >= n else noise.slice(a, a + step)
-                outs.append(self.restoration_net(faces[a:a + step], [f[a:a + step] for f in bank], prompts[a:a + step],
-                                                 part.z1, part.z2, part.inject_index, part.encoder, part.decoder,
-                                                 bank_scale=bank_scale))
+            for g in groups:
+                part = noise if len(groups) == 1 else noise.slice(g.start, g.stop)
+                outs.append(self.restoration_net(faces[g], [f[g] for f in bank], prompts[g], part.z1, part.z2,
+                                                 part.inject_index, part.encoder, part.decoder, bank_scale=bank_scale))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def forward(self, faces: torch.Tensor, noise: RestoreNoise, *, prompt_mix: float = 1.0, bank_scale: float = 1.0,
