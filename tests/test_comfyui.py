@@ -23,7 +23,7 @@ from conftest import ROOT, shared_path
 from tiny_models import write_tiny_checkpoints
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "comfyui"))
-from comfyui_server import ComfyServer, Unavailable, comfy_python, fetch_core, png_bytes  # noqa: E402
+from comfyui_server import PACK_FOLDER, ComfyServer, Unavailable, comfy_python, fetch_core, png_bytes  # noqa: E402
 from ws_client import WebSocket  # noqa: E402
 
 EXAMPLES = ROOT / "example_workflows"
@@ -113,7 +113,8 @@ def test_pack_loads_with_its_nodes_folders_and_extension(comfy):
                 assert value[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
     files = info["VSPBFRModelLoader"]["input"]["required"]["restoration_net"][0]
     assert files[0] == "restoration_net.pt" and "code_diffuser.pt" in files   # listed from the yaml folder
-    assert "/extensions/vspbfr/js/vspbfr.js" in comfy.get_json("/extensions")
+    scripts = [e for e in comfy.get_json("/extensions") if e.endswith("/vspbfr.js")]
+    assert scripts == [f"/extensions/{PACK_FOLDER}/js/vspbfr.js"]      # once, under the folder's name
     log = comfy.log()
     assert "IMPORT FAILED" not in log and "Adding extra search path vspbfr" in log
 
@@ -241,7 +242,7 @@ def test_browser_shows_our_nodes_and_the_web_extension(comfy):
         browser.wait_for("window.app && window.LiteGraph && app.graph && LiteGraph.registered_node_types", 90)
         registered = browser.evaluate("Object.keys(LiteGraph.registered_node_types)")
         assert set(NODE_IDS) <= set(registered)
-        assert "VSPBFR.FaceRestore" in browser.evaluate("app.extensions.map((e) => e.name)")
+        assert browser.evaluate("app.extensions.map((e) => e.name)").count("VSPBFR.FaceRestore") == 1
         for name in ("vspbfr_all_in_one", "vspbfr_split"):           # the UI files are the API files
             workflow = (EXAMPLES / f"{name}.json").read_text()
             api = json.loads(browser.evaluate(f"{GRAPH_TO_PROMPT_JS}({workflow})"))

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +25,8 @@ from .errors import InputError, ModelNotFoundError
 
 __all__ = [
     "MODELS_ENV", "NETWORK_KINDS", "DETECTOR_FILES", "DETECTOR_ALIASES", "default_models_dir", "locate_models_dir",
-    "resolve_models_dir", "model_file_candidates", "find_model_file",
+    "resolve_models_dir", "model_file_candidates", "find_model_file", "DETECTOR_AUTO", "DETECTOR_PREFERENCE",
+    "choose_detector", "HostHints", "set_host_hints", "host_hints", "download_command",
 ]
 
 MODELS_ENV = "VSPBFR_MODELS"
@@ -39,8 +41,58 @@ DETECTOR_ALIASES: dict[str, str] = {                          # facexlib's model
     "retinaface_mobile0.25": "mobile0.25",
 }
 
+DETECTOR_AUTO = "auto"                                        # the detector whose file is there (see choose_detector)
+DETECTOR_PREFERENCE: tuple[str, ...] = ("resnet50", "mobile0.25")  # auto's order: the more accurate one first
+
 PathLike = str | os.PathLike[str]
 ModelsDirOrigin = Literal["argument", "environment", "default"]
+
+
+def _quote(path: PathLike) -> str:
+    text = os.fspath(path)
+    return f'"{text}"' if any(c in text for c in " \t'&;()") else text
+
+
+def _cli_download(target: Path, detector: str | None, only_detector: bool) -> str:
+    command = f"vspbfr download --to {_quote(target)}"
+    if only_detector:
+        command += " --only detector"
+    if detector is not None:
+        command += f" --detector {detector}"
+    return command
+
+
+@dataclass(frozen=True)
+class HostHints:
+    """What messages about model files tell the user to do, in the program that runs the core.
+
+    ``download(folder, detector, only_detector)`` is the command that fetches the files into ``folder`` (``detector``
+    is a short name such as ``mobile0.25``, or None for the default); ``choose_folder`` says how to pick another
+    models folder there.  The command line's are the defaults; ComfyUI and A1111 set their own with
+    :func:`set_host_hints` (their Python environments have no ``vspbfr`` script on the PATH).
+    """
+
+    download: Callable[[Path, str | None, bool], str] = _cli_download
+    choose_folder: str = f"--models DIR (or the {MODELS_ENV} environment variable)"
+
+
+_hints = HostHints()
+
+
+def set_host_hints(hints: HostHints) -> None:
+    """Install the hints of the host this process runs in (ComfyUI, A1111); affects messages only."""
+    global _hints
+    _hints = hints
+
+
+def host_hints() -> HostHints:
+    return _hints
+
+
+def download_command(target: PathLike, detector: str | None = None, *, only_detector: bool = False) -> str:
+    """The command that downloads the model files (or only ``detector``'s) into ``target`` in this host."""
+    short = _detector_key(detector) if detector is not None else None
+    return _hints.download(_expand(target), short, only_detector)
 
 
 def _expand(path: PathLike) -> Path:
@@ -139,14 +191,43 @@ def find_model_file(kind_or_name: str, dirs: PathLike | Iterable[PathLike] | Non
     raise ModelNotFoundError(_not_found_message(kind_or_name, names, is_detector, seen))
 
 
+def choose_detector(choice: str, dirs: PathLike | Iterable[PathLike] | None = None, *,
+                    detector_dir: PathLike | None = None) -> str:
+    """facexlib's name of the detector to use for ``choice`` (``auto``, ``resnet50``, ``retinaface_mobile0.25``...).
+
+    An explicit choice is returned as is (canonical name; a missing file is then the loader's clear error).
+    ``auto`` picks the first of :data:`DETECTOR_PREFERENCE` whose file is in ``detector_dir`` or ``dirs`` (the
+    same search as :func:`find_model_file`), so a folder with only the 1.8 MB mobile0.25 file just works; with
+    neither file it answers resnet50, whose missing-file error then names both files.
+    """
+    names = {short: long for long, short in DETECTOR_ALIASES.items()}
+    if choice.strip().lower() != DETECTOR_AUTO:
+        key = _detector_key(choice.strip())
+        if key is None:
+            raise InputError(f"unknown face detector {choice!r}: use {DETECTOR_AUTO}, "
+                             f"{', '.join(DETECTOR_PREFERENCE)} or {', '.join(DETECTOR_ALIASES)}")
+        return names[key]
+    for key in DETECTOR_PREFERENCE:
+        try:
+            find_model_file(key, dirs, detector_dir=detector_dir)
+        except ModelNotFoundError:
+            continue
+        return names[key]
+    return names[DETECTOR_PREFERENCE[0]]
+
+
 def _not_found_message(kind_or_name: str, names: tuple[str, ...], is_detector: bool, searched: list[Path]) -> str:
     where = "; ".join(f"{d}{'' if d.is_dir() else ' (folder does not exist)'}" for d in searched) or "(no folder)"
     target = searched[0] if searched else resolve_models_dir()
     if is_detector:
-        det = _detector_key(kind_or_name) or "resnet50"
-        command = f"vspbfr download --to {target} --only detector --detector {det}"
+        det = _detector_key(kind_or_name) or DETECTOR_PREFERENCE[0]
+        command = download_command(target, det, only_detector=True)
+        other = [k for k in DETECTOR_PREFERENCE if k != det]
+        also = (f" (the other RetinaFace file, {DETECTOR_FILES[other[0]]}, works too: choose detector "
+                f"{other[0]} or {DETECTOR_AUTO})") if other else ""
     else:
-        command = f"vspbfr download --to {target}"
-    return (f"model file not found: {' or '.join(names)} (for {kind_or_name!r}). Looked in: {where}. "
+        command = download_command(target)
+        also = ""
+    return (f"model file not found: {' or '.join(names)} (for {kind_or_name!r}){also}. Looked in: {where}. "
             f"Download it with `{command}`, or put the file in one of those folders by hand; choose another "
-            f"models folder with the models-folder option or the {MODELS_ENV} environment variable.")
+            f"models folder with {_hints.choose_folder}.")

