@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import html
 import importlib
+import importlib.util
 import io
 import logging
 import os
@@ -87,7 +88,8 @@ class OptionSpec(NamedTuple):
         return "vspbfr_" + self.field
 
 
-DETECTORS = ("retinaface_resnet50", "retinaface_mobile0.25")
+DETECTOR_AUTO = core_paths.DETECTOR_AUTO       # the RetinaFace file that is there (resnet50 first)
+DETECTORS = (DETECTOR_AUTO, "retinaface_resnet50", "retinaface_mobile0.25")
 DETECTOR_FROM_SETTINGS = "from settings"        # Extras choice: use the vspbfr_detector setting
 ORDERS = ("left-right", "top-bottom", "area", "score")
 
@@ -116,8 +118,10 @@ SPECS: tuple[OptionSpec, ...] = (
                infotext="VSPBFR color correction", help="match the restored face's colours to the original"),
     OptionSpec("mask_shape", "square", "VSPBFR paste mask", "choice", choices=("square", "ellipse"),
                infotext="VSPBFR mask"),
-    OptionSpec("detector", "retinaface_resnet50", "VSPBFR face detector", "choice", choices=DETECTORS,
-               infotext="VSPBFR detector", help="detection_Resnet50_Final.pth or detection_mobilenet0.25_Final.pth"),
+    OptionSpec("detector", DETECTOR_AUTO, "VSPBFR face detector", "choice", choices=DETECTORS,
+               infotext="VSPBFR detector",
+               help="auto = the RetinaFace file that is there (detection_Resnet50_Final.pth first, else "
+                    "detection_mobilenet0.25_Final.pth); the one used is written to the infotext"),
 )
 SPEC_BY_FIELD = {s.field: s for s in SPECS}
 INFOTEXT_ALWAYS = ("seed", "visibility", "prompt_mix", "bank_scale")   # recorded even at their defaults
@@ -233,15 +237,45 @@ def gfpgan_models_dir() -> str:
     return custom or os.path.join(os.path.dirname(default_models_dir()), "GFPGAN")
 
 
+def host_name() -> str:
+    """"A1111", "Forge" or "reForge": which webui runs us, for messages that name its folders.
+
+    Forge and reForge both ship ``modules_forge``; reForge is told apart by its checkout (the git remote or the
+    folder name says reForge).
+    """
+    if importlib.util.find_spec("modules_forge") is None:
+        return "A1111"
+    try:
+        from modules import paths
+        root = str(getattr(paths, "script_path", "") or os.getcwd())
+    except ImportError:
+        root = os.getcwd()
+    marks = os.path.basename(os.path.normpath(root)).lower()
+    try:
+        with open(os.path.join(root, ".git", "config"), encoding="utf-8", errors="replace") as f:
+            marks += f.read().lower()
+    except OSError:
+        pass
+    return "reForge" if "reforge" in marks else "Forge"
+
+
 def download_command(models_dir: str, detector: str | None = None, *, only_detector: bool = False) -> str:
-    """The command that fetches the missing files, run with the webui's Python from the extension folder."""
+    """The command that fetches the missing files, run with the webui's Python from the extension folder (the
+    webui's venv has no ``vspbfr`` script on its PATH)."""
     cmd = f'cd "{EXTENSION_DIR}" && "{sys.executable}" -m vspbfr_core download --to "{models_dir}"'
-    short = core_paths.DETECTOR_ALIASES.get(detector or "", None)
+    short = core_paths.DETECTOR_ALIASES.get(detector or "", detector or None)
     if only_detector:
         cmd += " --only detector"
     if short is not None:
         cmd += f" --detector {short}"
     return cmd
+
+
+def _install_host_hints() -> None:
+    """Messages of vspbfr_core (e.g. a missing file named by the loader) give this webui's command and setting."""
+    core_paths.set_host_hints(core_paths.HostHints(
+        download=lambda folder, detector, only: download_command(str(folder), detector, only_detector=only),
+        choose_folder="Settings > Face restoration > 'VSPBFR models folder'"))
 
 
 #----------------------------------------------------------------------------
@@ -305,12 +339,20 @@ class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
     def get_device(self) -> Any:
         return devices.get_device_for("vspbfr")           # honours --use-cpu vspbfr / all on A1111
 
+    def _detector_dirs(self) -> list[str]:
+        return [self.models_dir(), gfpgan_models_dir()]
+
     def _detector_file(self, detector: str) -> Any:
-        return core_paths.find_model_file(detector, [self.models_dir(), gfpgan_models_dir()])
+        return core_paths.find_model_file(detector, self._detector_dirs())
+
+    def resolve_detector(self, choice: str | None = None) -> str:
+        """The detector to use for ``choice`` (default: the setting): ``auto`` becomes the file that is there."""
+        choice = choice or setting_value(SPEC_BY_FIELD["detector"])
+        return core_paths.choose_detector(choice, self._detector_dirs())
 
     def missing_files(self, detector: str | None = None) -> list[str]:
         """Names of the model files that are not where they are looked for (no torch import)."""
-        detector = detector or setting_value(SPEC_BY_FIELD["detector"])
+        detector = self.resolve_detector(detector)
         missing = []
         for kind in core_paths.NETWORK_KINDS:
             try:
@@ -325,10 +367,15 @@ class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
 
     def missing_weights_message(self, missing: list[str], detector: str | None = None) -> str:
         folder = self.models_dir()
-        detector = detector or setting_value(SPEC_BY_FIELD["detector"])
+        choice = detector or setting_value(SPEC_BY_FIELD["detector"])
+        detector = self.resolve_detector(choice)
         only_detector = all(name.startswith("detection_") for name in missing)
-        where = "A1111's models/VSPBFR folder" if folder == self.model_path else "the 'VSPBFR models folder' setting"
-        return (f"VSPBFR: model weights missing: {', '.join(missing)} not found in {folder} ({where}). "
+        where = (f"{host_name()}'s models/{MODELS_SUBDIR} folder" if folder == self.model_path
+                 else "the 'VSPBFR models folder' setting")
+        either = ""
+        if only_detector and choice == DETECTOR_AUTO:
+            either = " (or detection_mobilenet0.25_Final.pth: the face detector setting 'auto' uses either)"
+        return (f"VSPBFR: model weights missing: {', '.join(missing)}{either} not found in {folder} ({where}). "
                 f"Download them with: {download_command(folder, detector, only_detector=only_detector)} "
                 f"- or copy the files into that folder by hand (the detector may also be in {gfpgan_models_dir()}). "
                 "Nothing is downloaded automatically; faces are not restored until the files are there.")
@@ -337,9 +384,10 @@ class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
 
     def load_net(self) -> Any:
         """The pipeline for the current models folder and detector setting (what CommonFaceRestoration expects)."""
-        return self._pipeline(setting_value(SPEC_BY_FIELD["detector"]))
+        return self._pipeline(self.resolve_detector())
 
     def _pipeline(self, detector: str) -> Any:
+        """The loaded networks with detector ``detector`` (a concrete name, see :meth:`resolve_detector`)."""
         key = (self.models_dir(), detector)
         if self.net is not None and self._net_key == key:
             return self.net
@@ -401,6 +449,7 @@ class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
             raise InputError(f"VSPBFR restore: expected (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) gray, got shape "
                              f"{np_image.shape}")
         options = resolve_options(overrides, pinned_seed=self.pinned_seed)
+        options.values["detector"] = self.resolve_detector(options.detector)    # the infotext names the one used
         if options.values["visibility"] == 0.0:
             run = RunInfo(0, options)
             self.last_run = run
@@ -519,24 +568,33 @@ def registered_restorer() -> VSPBFRFaceRestorer:
     return _restorer
 
 
-def status() -> dict[str, Any]:
-    """Weights, folders and device, for the status route and the UI."""
+def status(detector: str | None = None) -> dict[str, Any]:
+    """Weights, folders and device, for the status route and the UI; computed now, never cached.
+
+    ``detector`` is a choice (``auto`` or a name; default: the setting); ``detector`` in the answer is the one a
+    restore would use, ``detector_choice`` the choice.
+    """
     restorer = registered_restorer()
-    detector = setting_value(SPEC_BY_FIELD["detector"])       # InputError (a VSPBFRError) names a bad setting
-    missing = restorer.missing_files(detector)
-    return {"name": NAME, "version": vspbfr_core.__version__, "models_dir": restorer.models_dir(),
-            "detector": detector, "ready": not missing, "missing": missing,
-            "message": restorer.missing_weights_message(missing, detector) if missing else "",
+    choice = detector or setting_value(SPEC_BY_FIELD["detector"])   # InputError (a VSPBFRError) names a bad setting
+    used = restorer.resolve_detector(choice)
+    missing = restorer.missing_files(used)
+    return {"name": NAME, "version": vspbfr_core.__version__, "host": host_name(), "models_dir": restorer.models_dir(),
+            "detector": used, "detector_choice": choice, "ready": not missing, "missing": missing,
+            "message": restorer.missing_weights_message(missing, choice) if missing else "",
             "device": str(restorer.get_device()), "loaded": restorer.net is not None}
 
 
-def status_html() -> str:
+def status_html(detector: str | None = None) -> str:
+    """The "weights found / missing" note; gradio calls it at every page load (it is passed as the callable
+    ``value`` of the HTML components), and the Extras controls call it again when asked."""
     try:
-        info = status()
+        info = status(None if detector in (None, DETECTOR_FROM_SETTINGS) else detector)
     except VSPBFRError as exc:
         return f"<p>{html.escape(str(exc))}</p>"
     if info["ready"]:
-        return f"<p>VSPBFR weights found in {html.escape(info['models_dir'])}.</p>"
+        how = " (auto)" if info["detector_choice"] == DETECTOR_AUTO else ""
+        return (f"<p>VSPBFR weights found in {html.escape(info['models_dir'])}; face detector "
+                f"{html.escape(info['detector'])}{how}.</p>")
     return f"<p><b>{html.escape(info['message'])}</b></p>"
 
 
@@ -566,6 +624,68 @@ def add_settings() -> None:
             component, args = gr.Textbox, None
         info = shared.OptionInfo(spec.default, spec.label, component, args, infotext=spec.infotext, **section)
         shared.opts.add_option(spec.key, info.info(spec.help) if spec.help else info)
+    imported = sys.modules.get("modules.api.models")
+    if imported is not None and getattr(imported, "OptionsModel", None) is not None:
+        imported.OptionsModel = extend_options_model(imported.OptionsModel)
+
+
+def _our_settings() -> dict[str, Any]:
+    """key -> default of every setting we add (the models folder and one per option)."""
+    return {MODELS_PATH_KEY: "", **{spec.key: spec.default for spec in SPECS}}
+
+
+def extend_options_model(model: Any) -> Any:
+    """``model`` (the pydantic model of ``GET /sdapi/v1/options``), with a field for each of our settings.
+
+    The webui builds that model once, from the options known when ``modules.api.models`` is first imported, and
+    FastAPI leaves every key outside it out of the answer. On Forge and reForge, or when an extension loaded
+    before us imports ``modules.api`` (sd-webui-controlnet does), that is before our settings exist.
+    Works with pydantic 1 and 2; returns ``model`` itself when nothing is missing.
+    """
+    from typing import Optional
+
+    from pydantic import Field, create_model
+
+    known = getattr(model, "model_fields", None)
+    if known is None:
+        known = getattr(model, "__fields__", {})
+    labels = getattr(shared.opts, "data_labels", {})
+    fields = {}
+    for key, default in _our_settings().items():
+        if key in known:
+            continue
+        label = getattr(labels.get(key), "label", key)
+        fields[key] = (Optional[type(default)], Field(default=default, description=label))
+    if not fields:
+        return model
+    return create_model(getattr(model, "__name__", "Options"), __base__=model, **fields)
+
+
+def _fix_options_route(app: Any) -> None:
+    """Rebuild ``GET /sdapi/v1/options`` with :func:`extend_options_model` when its model lacks our settings."""
+    routes = app.router.routes
+    for i, route in enumerate(list(routes)):
+        model = getattr(route, "response_model", None)
+        if getattr(route, "path", None) != "/sdapi/v1/options" or "GET" not in (getattr(route, "methods", None)
+                                                                                 or ()) or model is None:
+            continue
+        extended = extend_options_model(model)
+        if extended is model:
+            return
+        app.add_api_route(route.path, route.endpoint, methods=["GET"], response_model=extended)
+        routes[i] = routes.pop()                        # same place in the routing order
+        app.openapi_schema = None
+        log.info("VSPBFR: added the vspbfr_* settings to GET /sdapi/v1/options")
+        return
+
+
+def _live_html(make: Any) -> Any:
+    """A settings component factory that renders ``make``'s HTML with :func:`status_html` as its value: gradio
+    evaluates a callable value at every page load, so the note follows files copied in and settings changed."""
+    def component(**kwargs: Any) -> Any:
+        kwargs["value"] = status_html
+        return make(**kwargs)
+    return component
 
 
 def on_ui_settings() -> None:
@@ -574,6 +694,8 @@ def on_ui_settings() -> None:
     if option_html is None:
         return
     note = option_html(status_html())
+    if callable(getattr(note, "component", None)):
+        note.component = _live_html(note.component)
     note.section, note.category_id = SETTINGS_SECTION, SETTINGS_CATEGORY
     shared.opts.add_option(STATUS_KEY, note)
     if hasattr(shared.opts, "data_labels"):                 # keep the status line first in our section
@@ -609,6 +731,7 @@ class VSPBFRGenerationInfo(scripts.Script):
         if not getattr(p, "restore_faces", False) or shared.opts.face_restoration_model != NAME:
             return
         options = resolve_options()                 # an invalid setting raises here and again at restore time
+        options.values["detector"] = restorer.resolve_detector(options.detector)
         missing = restorer.missing_files(options.detector)
         if missing:
             log.error("%s", restorer.missing_weights_message(missing, options.detector))
@@ -654,7 +777,10 @@ class VSPBFRPostprocessing(scripts_postprocessing.ScriptPostprocessing):
 
         controls: dict[str, Any] = {}
         with ui_components.InputAccordion(False, label=NAME, elem_id=eid("enable")) as enable:
-            gr.HTML(status_html(), elem_id=eid("status"))
+            with gr.Row():
+                # a callable value: gradio computes the note at every page load
+                note = gr.HTML(status_html, elem_id=eid("status"))
+                recheck = gr.Button("Check the model files again", size="sm", elem_id=eid("recheck"))
             with gr.Row():
                 controls["visibility"] = slider("visibility")
                 controls["prompt_mix"] = slider("prompt_mix")
@@ -673,6 +799,9 @@ class VSPBFRPostprocessing(scripts_postprocessing.ScriptPostprocessing):
                 controls["color_correction"] = dropdown("color_correction")
                 controls["mask_shape"] = dropdown("mask_shape")
                 controls["detector"] = dropdown("detector", (DETECTOR_FROM_SETTINGS,))
+        # the note follows the detector chosen here, and files copied in while the page is open
+        controls["detector"].change(fn=status_html, inputs=[controls["detector"]], outputs=[note])
+        recheck.click(fn=status_html, inputs=[controls["detector"]], outputs=[note])
         return {"enable": enable, **controls}
 
     def process(self, pp: Any, enable: Any = None, **args: Any) -> None:
@@ -783,6 +912,7 @@ def on_app_started(demo: Any, app: Any) -> None:
     ours = (ROUTE_RESTORE, ROUTE_STATUS)
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in ours]
     app.openapi_schema = None
+    _fix_options_route(app)
 
     def restore_route(payload: dict = Body(...)):  # noqa: B008  (FastAPI's idiom)
         return api_restore(payload)
@@ -807,6 +937,7 @@ def on_script_unloaded() -> None:
         restorer.release()
 
 
+_install_host_hints()
 register()
 add_settings()
 script_callbacks.on_ui_settings(on_ui_settings)

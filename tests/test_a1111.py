@@ -205,7 +205,7 @@ def test_nowebui_settings_are_in_the_options_api(tmp_path, tiny_dir):
 
     webui = start(tmp_path, tiny_dir, nowebui=True)
     options = webui.client().get("/sdapi/v1/options").json()
-    assert options["vspbfr_seed"] == 0 and options["vspbfr_detector"] == "retinaface_resnet50"
+    assert options["vspbfr_seed"] == 0 and options["vspbfr_detector"] == "auto"
     assert "vspbfr_status" in shared.opts.data_labels            # the settings callback still ran (status line)
     assert list(shared.opts.data_labels).index("vspbfr_status") < list(shared.opts.data_labels).index("vspbfr_seed")
 
@@ -325,7 +325,7 @@ def test_extras_rgba_keeps_alpha_and_records_infotext(tmp_path, weights_dir):
                                   "max_faces", "min_size", "threshold", "color_correction", "mask_shape", "detector"}
     assert ours.controls["enable"].value is False and ours.controls["detector"].value == "from settings"
     assert ours.controls["seed"].value == 0 and ours.controls["visibility"].value == 1.0
-    assert "weights found" in find_block(webui.demo, "extras_vspbfr_status").value
+    assert "weights found" in find_block(webui.demo, "extras_vspbfr_status").page_load()
 
     args = scripts.scripts_postproc.create_args_for_run({"VSPBFR": {"enable": True, "seed": 7, "visibility": 0.9}})
     images, infotext, _ = postprocessing.run_postprocessing(0, rgba, None, "", "", True, *args)
@@ -354,14 +354,54 @@ def test_extras_api_passes_none_and_we_do_nothing(tmp_path, tiny_dir):
     assert np.array_equal(np.asarray(from_b64(r.json()["image"])), np.asarray(image))
 
 
-def test_forge_memory_hook_runs_before_restoring(tmp_path, weights_dir, monkeypatch):
+@pytest.fixture
+def forge(monkeypatch):
+    """Forge's modules_forge importable for one test (and gone from sys.modules afterwards)."""
     monkeypatch.syspath_prepend(standin.FORGE_DIR)
+    yield
+    for name in [m for m in sys.modules if m == "modules_forge" or m.startswith("modules_forge.")]:
+        del sys.modules[name]
+
+
+def test_forge_memory_hook_runs_before_restoring(tmp_path, weights_dir, forge):
     from modules_forge import utils as forge_utils
 
     start(tmp_path, weights_dir, config=MOBILE)
     calls = forge_utils.calls
     restorers()[0].restore(photo("skimage_astronaut.png"))
     assert forge_utils.calls == calls + 1
+
+
+@pytest.mark.parametrize("webui_folder, host", [("stable-diffusion-webui-forge", "Forge"),
+                                                ("stable-diffusion-webui-reForge", "reForge")])
+def test_messages_name_the_forks_folders(tmp_path, forge, monkeypatch, webui_folder, host):
+    from modules import paths
+
+    root = tmp_path / webui_folder
+    root.mkdir()
+    monkeypatch.setattr(paths, "script_path", str(root))
+    start(tmp_path)                                             # no weights
+    restorer = restorers()[0]
+    message = restorer.missing_weights_message(restorer.missing_files())
+    assert f"({host}'s models/VSPBFR folder)" in message and "A1111" not in message
+    assert adapter().status()["host"] == host
+
+
+def test_a1111_message_and_core_errors_give_the_webui_command(tmp_path):
+    from modules import shared
+    from vspbfr_core import paths as core_paths
+    from vspbfr_core.errors import ModelNotFoundError
+
+    start(tmp_path)
+    restorer = restorers()[0]
+    assert "(A1111's models/VSPBFR folder)" in restorer.missing_weights_message(restorer.missing_files())
+    # a file the core looks up itself (e.g. one named in a custom folder) gives the webui's command and setting too
+    folder = Path(shared.models_path) / "VSPBFR"
+    with pytest.raises(ModelNotFoundError) as info:
+        core_paths.find_model_file("restoration_net", [folder])
+    message = str(info.value)
+    assert f'-m vspbfr_core download --to "{folder}"' in message and f'cd "{ROOT}"' in message
+    assert "'VSPBFR models folder'" in message and "vspbfr download" not in message
 
 
 def test_a1111_pickle_check(tmp_path, weights_dir, monkeypatch):
@@ -434,8 +474,8 @@ def test_missing_weights_are_loud_everywhere(tmp_path, caplog):
     for part in (folder, "models/VSPBFR", "-m vspbfr_core download --to", "style_encoder_decoder.pt",
                  "detection_Resnet50_Final.pth"):
         assert part in start_message
-    assert "missing" in shared.opts.data_labels["vspbfr_status"].default        # Settings > Face restoration
-    assert "vspbfr_core download" in find_block(webui.demo, "extras_vspbfr_status").value   # Extras accordion
+    assert "missing" in standin.settings_page()["vspbfr_status"].page_load()        # Settings > Face restoration
+    assert "vspbfr_core download" in find_block(webui.demo, "extras_vspbfr_status").page_load()   # Extras
 
     image = np.zeros((64, 64, 3), np.uint8)
     shared.opts.face_restoration_model = "VSPBFR"
@@ -456,6 +496,74 @@ def test_missing_weights_are_loud_everywhere(tmp_path, caplog):
                                                "override_settings": {"face_restoration_model": "VSPBFR"}})
     assert r.status_code == 500 and "models/VSPBFR" in r.json()["errors"]
     assert any("missing" in rec.getMessage() for rec in caplog.records)    # also logged before sampling
+
+
+def test_status_notes_are_current_at_every_page_load(tmp_path, tiny_dir):
+    """Settings and Extras compute the weights note when the page loads (and Extras on request), not once."""
+    from modules import scripts, shared
+
+    webui = start(tmp_path, tiny_dir)                           # the three networks, no detector yet
+    settings_note = standin.settings_page()["vspbfr_status"]
+    extras_note = find_block(webui.demo, "extras_vspbfr_status")
+    for note in (settings_note, extras_note):
+        assert "missing: detection_Resnet50_Final.pth (or detection_mobilenet0.25_Final.pth" in note.page_load()
+    folder = Path(shared.models_path) / "VSPBFR"
+    write_tiny_detector(folder / "detection_mobilenet0.25_Final.pth", "mobile0.25")   # the user copies it in
+    for note in (settings_note, extras_note):
+        text = note.page_load()
+        assert "weights found" in text and "retinaface_mobile0.25 (auto)" in text
+    ours = [s for s in scripts.scripts_postproc.scripts if s.name == "VSPBFR"][0]
+    detector = ours.controls["detector"]
+    detector.value = "retinaface_resnet50"                      # an explicit choice in the Extras controls
+    detector.fire("change")
+    assert "missing: detection_Resnet50_Final.pth" in extras_note.value
+    shared.opts.vspbfr_detector = "retinaface_resnet50"         # the same choice in Settings
+    assert "missing: detection_Resnet50_Final.pth" in settings_note.page_load()
+    write_tiny_detector(folder / "detection_Resnet50_Final.pth", "resnet50")
+    find_block(webui.demo, "extras_vspbfr_recheck").fire("click")
+    assert "weights found" in extras_note.value and "retinaface_resnet50" in extras_note.value
+
+
+def test_auto_detector_uses_the_file_that_is_there(tmp_path, weights_dir, caplog):
+    """Only mobile0.25 installed (as after `download --detector mobile0.25`): the default setting uses it and says
+    so; an explicit choice of the other detector is still honoured, with a clear error."""
+    from modules import shared
+    from vspbfr_core.errors import ModelNotFoundError
+
+    caplog.set_level("INFO", logger="vspbfr.a1111")
+    webui = start(tmp_path, weights_dir)                        # default settings: detector auto
+    assert shared.opts.vspbfr_detector == "auto"
+    restorer = restorers()[0]
+    assert restorer.missing_files() == []
+    restorer.restore(photo("skimage_astronaut.png"))
+    assert restorer.last_run.faces == 1
+    assert restorer.last_run.infotext()["VSPBFR detector"] == "retinaface_mobile0.25"
+    assert any("retinaface_mobile0.25" in r.getMessage() for r in caplog.records)
+    status = webui.client().get("/vspbfr/v1/status").json()
+    assert status["detector"] == "retinaface_mobile0.25" and status["detector_choice"] == "auto" and status["ready"]
+    with pytest.raises(ModelNotFoundError, match="detection_Resnet50_Final.pth"):
+        restorer.restore(photo("skimage_astronaut.png"), detector="retinaface_resnet50")
+
+
+@pytest.mark.parametrize("nowebui", [False, True])
+def test_options_api_lists_our_settings_when_modules_api_was_imported_first(tmp_path, tiny_dir, nowebui):
+    """Forge / reForge, or an extension loading before ours (sd-webui-controlnet), import modules.api before our
+    settings exist: GET /sdapi/v1/options must list them anyway."""
+    from modules import shared
+
+    webui = start(tmp_path, tiny_dir, nowebui=nowebui, api_imported_early=True)
+    client = webui.client()
+    shared.opts.add_option("late_option", shared.OptionInfo("x", "added after the API"))
+    options = client.get("/sdapi/v1/options").json()
+    assert "late_option" not in options                         # the stand-in filters like the webui does
+    ours = [k for k in shared.opts.data_labels if k.startswith("vspbfr_") and k != "vspbfr_status"]
+    assert len(ours) == 13 and set(ours) <= set(options)
+    assert options["vspbfr_detector"] == "auto" and options["vspbfr_seed"] == 0
+    assert client.post("/sdapi/v1/options", json={"vspbfr_prompt_mix": 0.5}).status_code == 200
+    assert client.get("/sdapi/v1/options").json()["vspbfr_prompt_mix"] == 0.5
+    standin.reload_ui(webui)                                    # the route is fixed once, not stacked
+    assert [getattr(r, "path", None) for r in webui.app.router.routes].count("/sdapi/v1/options") == 2
+    assert client.get("/sdapi/v1/options").json()["vspbfr_prompt_mix"] == 0.5
 
 
 def test_only_the_detector_missing_and_gfpgan_fallback(tmp_path, tiny_dir):

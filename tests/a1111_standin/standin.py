@@ -74,22 +74,39 @@ def _create_ui(webui: WebUI) -> None:
     webui.demo = demo
 
 
+def _import_api_models() -> None:
+    """The first import of modules.api.models in a webui process: it builds the options model now."""
+    import importlib
+
+    import modules.api.models
+
+    importlib.reload(modules.api.models)
+
+
 def start(data_dir: str, extension_dirs: list[str], *, use_cpu: tuple[str, ...] = ("all",),
-          config: dict[str, Any] | None = None, nowebui: bool = False) -> WebUI:
+          config: dict[str, Any] | None = None, nowebui: bool = False, api_imported_early: bool = False) -> WebUI:
     """Start the stand-in webui; ``config`` plays config.json (loaded before any script runs).
 
     ``nowebui``: the API-only order of ``webui.api_only()``: the API object is made first and builds the UI
     itself (so the settings callbacks run after the options model of the API was taken).
+    ``api_imported_early``: ``modules.api`` is imported before our script runs, as on Forge / reForge and whenever
+    an extension that loads earlier imports it (sd-webui-controlnet): the options model is then built without our
+    settings. Otherwise it is built when the API object is made, after every script loaded (A1111's own order).
     """
     from fastapi import FastAPI
     from modules import call_queue, codeformer_model, script_callbacks, scripts, shared
-    from modules.api.api import Api
 
     reset(data_dir, use_cpu=use_cpu)
     shared.opts.data.update(config or {})
     codeformer_model.setup_model(os.path.join(shared.models_path, "Codeformer"))
     scripts.extension_dirs[:] = list(extension_dirs)
+    if api_imported_early:
+        _import_api_models()
     scripts.load_scripts()
+    if not api_imported_early:
+        _import_api_models()
+    from modules.api.api import Api
+
     webui = WebUI(FastAPI(), None)
     if nowebui:
         Api(webui.app, call_queue.queue_lock, create_ui=lambda: _create_ui(webui))
@@ -109,3 +126,21 @@ def reload_ui(webui: WebUI) -> WebUI:
     _create_ui(webui)
     script_callbacks.app_started_callback(webui.demo, webui.app)
     return webui
+
+
+def settings_page(prefix: str = "vspbfr_") -> dict[str, Any]:
+    """The components the Settings tab builds for the options whose key starts with ``prefix`` (A1111's
+    ``ui_settings.create_setting_component``: ``component(label=..., value=<setting>, elem_id=..., **args)``)."""
+    import gradio as gr
+    from modules import shared
+
+    out = {}
+    with gr.Blocks():
+        for key, info in shared.opts.data_labels.items():
+            if not key.startswith(prefix):
+                continue
+            args = info.component_args() if callable(info.component_args) else info.component_args
+            make = info.component or gr.Textbox
+            value = shared.opts.data[key] if key in shared.opts.data else info.default
+            out[key] = make(label=info.label, value=value, elem_id=f"setting_{key}", **(args or {}))
+    return out

@@ -1,4 +1,8 @@
-"""Fake gradio for the A1111 stand-in: components only record their arguments; layouts are context managers."""
+"""Fake gradio for the A1111 stand-in: components only record their arguments; layouts are context managers.
+
+As in gradio 3.41 and 4.x, a callable ``value`` is evaluated at every page load: :meth:`Block.page_load` plays
+that. Event listeners (``change``, ``click``) are recorded and can be fired with :meth:`Block.fire`.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -18,8 +22,13 @@ class Block:
         self.elem_id = kwargs.get("elem_id")
         self.visible = kwargs.get("visible", True)
         self.children: list[Block] = []
+        self.listeners: dict[str, list[tuple[Any, list, list]]] = {}
         if _context:
             _context[-1].children.append(self)
+
+    def page_load(self) -> Any:
+        """The value a browser shows after (re)loading the page: callables are called then."""
+        return self.value() if callable(self.value) else self.value
 
     def __enter__(self):
         _context.append(self)
@@ -28,8 +37,24 @@ class Block:
     def __exit__(self, *exc: Any) -> None:
         _context.pop()
 
-    def change(self, fn: Any = None, **kwargs: Any) -> None:
-        return None
+    def _listen(self, event: str, fn: Any, inputs: Any, outputs: Any) -> None:
+        def as_list(x: Any) -> list:
+            return [] if x is None else list(x) if isinstance(x, (list, tuple)) else [x]
+        self.listeners.setdefault(event, []).append((fn, as_list(inputs), as_list(outputs)))
+
+    def change(self, fn: Any = None, inputs: Any = None, outputs: Any = None, **kwargs: Any) -> None:
+        self._listen("change", fn, inputs, outputs)
+
+    def click(self, fn: Any = None, inputs: Any = None, outputs: Any = None, **kwargs: Any) -> None:
+        self._listen("click", fn, inputs, outputs)
+
+    def fire(self, event: str) -> None:
+        """Run the ``event`` listeners as the browser would: input values in, outputs' values replaced."""
+        for fn, inputs, outputs in self.listeners.get(event, []):
+            result = fn(*[i.value for i in inputs])
+            results = result if len(outputs) > 1 else (result,)
+            for block, value in zip(outputs, results):
+                block.value = value
 
 
 class Component(Block):
@@ -66,6 +91,10 @@ class Radio(Dropdown):
 
 
 class HTML(Component):
+    pass
+
+
+class Button(Component):
     pass
 
 

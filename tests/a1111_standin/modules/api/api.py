@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from modules import postprocessing, processing, scripts, shared
+from modules.api import models
 
 
 def decode_base64_to_image(encoding: str) -> Image.Image:
@@ -59,12 +60,11 @@ class Api:
     def __init__(self, app: FastAPI, queue_lock, create_ui=None):
         self.app = app
         self.queue_lock = queue_lock
-        # A1111 builds the response model of GET /sdapi/v1/options from the options known when modules.api.models
-        # is imported, i.e. here: options added later (e.g. in on_ui_settings under --nowebui) are left out of it.
-        self.options_model_keys = list(shared.opts.data_labels)
+        # GET /sdapi/v1/options answers through models.OptionsModel, built when modules.api.models was first
+        # imported: options added later are left out of the answer (see modules/api/models.py).
         api_middleware(app)
         app.add_api_route("/sdapi/v1/face-restorers", self.get_face_restorers, methods=["GET"])
-        app.add_api_route("/sdapi/v1/options", self.get_config, methods=["GET"])
+        app.add_api_route("/sdapi/v1/options", self.get_config, methods=["GET"], response_model=models.OptionsModel)
         app.add_api_route("/sdapi/v1/options", self.set_config, methods=["POST"])
         app.add_api_route("/sdapi/v1/extra-single-image", self.extras_single_image_api, methods=["POST"])
         app.add_api_route("/sdapi/v1/txt2img", self.text2imgapi, methods=["POST"])
@@ -75,8 +75,11 @@ class Api:
         return [{"name": x.name(), "cmd_dir": getattr(x, "cmd_dir", None)} for x in shared.face_restorers]
 
     def get_config(self):
-        return {k: shared.opts.data.get(k, shared.opts.data_labels[k].default) for k in self.options_model_keys
-                if k in shared.opts.data}
+        options = {}
+        for key in shared.opts.data.keys():
+            metadata = shared.opts.data_labels.get(key)
+            options[key] = shared.opts.data.get(key, metadata.default if metadata is not None else None)
+        return options
 
     def set_config(self, req: dict = Body(...)):
         for k, v in req.items():
