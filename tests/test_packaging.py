@@ -88,3 +88,14 @@ def test_generated_folders_are_git_ignored():
                  "some/where/code_diffuser.safetensors"):
         rc = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode
         assert rc == 0, f"{path} is not git-ignored"
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("Run the tests", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0].strip()
+    assert block == 'pip install -e ".[test]" && python -m pytest -q tests'
+    lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert lines[-1] == block
+    # and the install command the README gives first is the plain package (no test extras needed to run it)
+    install = readme.split("Install and run the main job", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    assert install.strip().startswith("pip install -e . &&")
