@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 MAX_PIXELS = 100_000_000                      # width * height above this is refused before decoding
-READ_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF")
+READ_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")     # JPEG includes MPO camera files
 WRITE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
 EXTENSION_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
                      ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF"}
@@ -107,12 +107,19 @@ def _bomb_message(path: Path, exc: BaseException) -> str:
             "(a decompression bomb or a huge picture); crop or downscale it first")
 
 
+def _register_plugins() -> None:
+    """Load the decoders of :data:`READ_FORMATS` (``Image.open(formats=...)`` only knows loaded plugins)."""
+    from PIL import (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin,  # noqa: F401
+                     TiffImagePlugin, WebPImagePlugin)
+
+
 def read_image(path: str | os.PathLike[str]) -> LoadedImage:
     """Decode one image file following the rules of this module; every failure is an ``InputError``."""
     import numpy as np
     import torch
     from PIL import Image, ImageOps
 
+    _register_plugins()
     path = Path(path)
     _check_file(path)
     try:
@@ -148,7 +155,7 @@ def read_image(path: str | os.PathLike[str]) -> LoadedImage:
         raise InputError(f"{path}: cannot read the file: permission denied") from exc
     except Image.UnidentifiedImageError as exc:
         raise InputError(f"{path}: not an image in a supported format "
-                         f"({', '.join(f for f in READ_FORMATS if f != 'MPO')})") from exc
+                         f"({', '.join(READ_FORMATS)})") from exc
     except Image.DecompressionBombError as exc:
         raise InputError(_bomb_message(path, exc)) from exc
     except MemoryError as exc:

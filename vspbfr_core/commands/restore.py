@@ -313,7 +313,7 @@ class Plan:
     rel: Path
     dst: Path                     # the restored image
     faces_dir: Path               # OUT_DIR/faces/<sub-folders of rel>
-    compare: Path                 # OUT_DIR/compare/<rel stem>.png
+    compare: Path                 # OUT_DIR/compare/<sub-folders of rel>/<rel stem>.png
 
     def face_path(self, index: int, kind: str) -> Path:
         return self.faces_dir / fit_name(self.rel.stem, f"_{index:02d}_{kind}.png")
@@ -340,7 +340,7 @@ def plan_outputs(files: list[tuple[Path, Path]], out_dir: Path, *, save_faces: b
     plans = []
     for src, rel in files:
         plan = Plan(src, rel, out_dir / rel, out_dir / "faces" / rel.parent,
-                    out_dir / "compare" / fit_name(rel.stem, ".png"))
+                    out_dir / "compare" / rel.parent / fit_name(rel.stem, ".png"))
         plans.append(plan)
         outputs = [(plan.dst, _key(plan.dst), "result")]
         if compare:
