@@ -304,6 +304,7 @@ BAD_FILES: list[tuple[str, Callable[[Path], object], str, str | None]] = [
     ("image.ppm", lambda p: save(p, Image.fromarray(gradient())), r"not an image in a supported format",
      "supported format"),
     ("broken-link.png", lambda p: os.symlink(p.with_name("gone.png"), p), r"broken symbolic link", "broken symbolic"),
+    ("pipe.png", lambda p: os.mkfifo(p), r"not a regular file", "not a regular file"),
 ]
 NAMED = ("anim.gif", "still.gif", "notes.txt", "image.ppm")     # not collected from a folder by extension
 
@@ -429,6 +430,21 @@ def _rgb16(p: Path) -> np.ndarray:
     return (values >> 8).astype(np.uint8)                 # Pillow reads 16-bit colour at 8 bits per channel
 
 
+def _rgb16_tiff(p: Path) -> np.ndarray:
+    """A baseline little-endian TIFF, 16 bits per RGB sample (Pillow cannot write one)."""
+    h, w = 4, 8
+    values = (np.arange(h * w * 3, dtype=np.uint32).reshape(h, w, 3) * 2711 % 65536).astype("<u2")
+    data = values.tobytes()
+    extra = 8 + 2 + 10 * 12 + 4                       # header + IFD: the bits-per-sample triple, then the pixels
+    tags = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 3, extra), (259, 3, 1, 1), (262, 3, 1, 2), (273, 4, 1, extra + 6),
+            (277, 3, 1, 3), (278, 3, 1, h), (279, 4, 1, len(data)), (284, 3, 1, 1)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if kind == 3 and count == 1
+                                                  else struct.pack("<I", value)) for tag, kind, count, value in tags)
+    p.write_bytes(b"II*\0" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + struct.pack("<HHH", 16, 16, 16) + data)
+    return (values >> 8).astype(np.uint8)
+
+
 def _plain(fmt: str, mode: str = "RGB", **kw: object) -> Callable[[Path], np.ndarray]:
     def make(p: Path) -> np.ndarray:
         im = Image.fromarray(gradient()).convert(mode)
@@ -460,6 +476,7 @@ PASS_THROUGH: list[tuple[str, Callable[[Path], np.ndarray], str, str, float]] = 
     ("gray16.tif", _gray16, "TIFF", "I;16", 1),
     ("float.tif", _float, "TIFF", "F", 1e-6),
     ("rgb16.png", _rgb16, "PNG", "RGB", 0),
+    ("rgb16.tif", _rgb16_tiff, "TIFF", "RGB", 0),
     ("palette.png", _plain("PNG", "P"), "PNG", "RGB", 0),
     ("palette-alpha.png", _plain("PNG", "P", transparency=3), "PNG", "RGBA", 0),
     ("bilevel.png", _plain("PNG", "1"), "PNG", "L", 0),
@@ -556,7 +573,8 @@ def test_symlinked_sub_folder_leading_outside(models: Path, tmp_path: Path, caps
 
 
 @pytest.mark.parametrize("how", ["folder", "glob"])
-def test_out_dir_inside_input_folder(how: str, models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_out_dir_inside_input_folder(how: str, models: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
     """correct-output: results under OUT_DIR inside the input folder are never collected again."""
     folder = tmp_path / "photos"
     folder.mkdir()

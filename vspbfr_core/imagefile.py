@@ -16,8 +16,8 @@ Reading (:func:`read_image`) -- the rules every command follows:
   TIFF files are given by Pillow at 8 bits per channel and are treated as 8-bit.  32-bit float (``F``) images must
   hold finite values in [0, 1] (values within 1/255 outside are clamped); NaN, infinity or another range is
   refused.  32-bit integer (``I``) images are refused: they have no standard white level.
-* A missing file, a folder, a broken symbolic link, a file that cannot be read (permissions) or decoded (truncated,
-  not an image) is an ``InputError`` naming the file.
+* A missing file, a folder, a broken symbolic link, a pipe or device, a file that cannot be read (permissions) or
+  decoded (truncated, not an image) is an ``InputError`` naming the file.
 
 Writing (:func:`write_image`):
 
@@ -92,12 +92,21 @@ class LoadedImage:
 
 
 def _check_file(path: Path) -> None:
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not an image file")
-    if not path.exists():
+    """A regular file (or a link to one), else an ``InputError`` saying what the path is."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
         if os.path.islink(path):
-            raise InputError(f"{path}: broken symbolic link (its target {os.readlink(path)} does not exist)")
-        raise InputError(f"{path}: no such file")
+            raise InputError(f"{path}: broken symbolic link (its target {os.readlink(path)} does not exist)") from None
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot access the file: {exc.strerror or exc}") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path}: is a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: not a regular file (a pipe or device?)")
 
 
 def _bomb_message(path: Path, exc: BaseException) -> str:

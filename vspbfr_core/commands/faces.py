@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="detector score threshold in (0, 1] (default 0.97)")
     s.add_argument("--min-size", type=number(float, low=0), default=0.0,
                    help="ignore faces smaller than this (pixels, box short side)")
-    s.add_argument("--max-faces", type=number(int, low=0), default=0, help="at most this many faces per image, largest first (0: all)")
+    s.add_argument("--max-faces", type=number(int, low=0), default=0,
+                   help="at most this many faces per image, largest first (0: all)")
     s.add_argument("--select", default="all", help='"all", "largest", "center" or indices such as "0,2"')
     s.add_argument("--order", choices=("left-right", "top-bottom", "area", "score"), default="left-right",
                    help="how faces are numbered")
@@ -95,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
         except Exception as exc:   # unreadable file, bad image, a failing detector: report it and go on
             failed += 1
             text = " ".join(str(exc).split())
-            if text.startswith(f"{name}: "):
-                text = text[len(name) + 2:]
+            prefix = f"{Path(name)}: "
+            if text.startswith(prefix):
+                text = text[len(prefix):]
             entry["error"] = f"{type(exc).__name__}: {text}"
             results.append(entry)
             if not args.json:

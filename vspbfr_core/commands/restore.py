@@ -355,8 +355,9 @@ def plan_outputs(files: list[tuple[Path, Path]], out_dir: Path, *, save_faces: b
                 continue
             claimed[key] = (src, what, shown)
             other = inputs.get(key)
-            if other is None:
-                other = input_ids.get(_entry_id(shown))  # type: ignore[arg-type]
+            ident = _entry_id(shown)
+            if other is None and ident is not None:
+                other = input_ids.get(ident)
             if other is not None:
                 overwrites.append(f"the {what} of {src} would replace the input {other}")
     if overwrites:
@@ -392,10 +393,10 @@ class OutputWriter:
         if key in self.written:
             raise InputError(f"{path} was already written for {self.written[key]}: two inputs map to this name")
         ident = _entry_id(path)
-        if ident in self.input_ids:
-            raise InputError(f"{path} is the input {self.input_ids[ident]}: refusing to replace an input")  # type: ignore[index]
-        if ident in self.written_ids:
-            raise InputError(f"{path} is the file already written for {self.written_ids[ident]} (the file "  # type: ignore[index]
+        if ident is not None and ident in self.input_ids:
+            raise InputError(f"{path} is the input {self.input_ids[ident]}: refusing to replace an input")
+        if ident is not None and ident in self.written_ids:
+            raise InputError(f"{path} is the file already written for {self.written_ids[ident]} (the file "
                              "system folds the two names together): refusing to replace it")
         write_image(image, path, **kwargs)
         self.written[key] = src
