@@ -8,19 +8,28 @@ prints one stable document instead::
      "images": [{"path": ..., "width": W, "height": H, "faces": [
          {"index": i, "box": [x1, y1, x2, y2], "landmarks": [[x, y] x 5], "score": s, "size": px}]}]}
 
-A file that cannot be read is reported (``"error"`` in JSON) and the others go on; the exit status is
-1 when any file failed.
+Images are read as :mod:`vspbfr_core.imagefile` describes (formats, 16-bit and float images, the
+100-megapixel limit checked before decoding, animated files refused).  A file that cannot be read is
+reported on one line (``"error"`` in JSON) and the others go on; the exit status is 1 when any file
+failed.  ``--device`` accepts auto, cpu, cuda, cuda:N, mps or another PyTorch device; one that this
+machine lacks is an error before the detector is loaded.  Numeric options are range-checked when the
+command line is parsed (see :func:`vspbfr_core.cli.number`).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli import number
+
 DETECTORS = {"resnet50": "retinaface_resnet50", "mobile0.25": "retinaface_mobile0.25"}
 JSON_FORMAT = "vspbfr-faces-v1"
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,17 +44,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", metavar="DIR", default=None,
                    help="models folder searched after --detector-dir "
                         "(default: $VSPBFR_MODELS, else the per-user folder)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps or another PyTorch device")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     s = p.add_argument_group("face selection (same meaning as in `vspbfr restore`)")
-    s.add_argument("--threshold", type=float, default=None, help="detector score threshold (default 0.97)")
-    s.add_argument("--min-size", type=float, default=0.0,
+    s.add_argument("--threshold", type=number(float, low=0, high=1, low_open=True), default=None,
+                   help="detector score threshold in (0, 1] (default 0.97)")
+    s.add_argument("--min-size", type=number(float, low=0), default=0.0,
                    help="ignore faces smaller than this (pixels, box short side)")
-    s.add_argument("--max-faces", type=int, default=0, help="at most this many faces per image, largest first (0: all)")
+    s.add_argument("--max-faces", type=number(int, low=0), default=0,
+                   help="at most this many faces per image, largest first (0: all)")
     s.add_argument("--select", default="all", help='"all", "largest", "center" or indices such as "0,2"')
     s.add_argument("--order", choices=("left-right", "top-bottom", "area", "score"), default="left-right",
                    help="how faces are numbered")
-    s.add_argument("--detect-size", type=int, default=640,
+    s.add_argument("--detect-size", type=number(int, low=0), default=640,
                    help="detection runs on a copy whose long side is at most this (0: full size)")
     p.set_defaults(func=run)
 
@@ -57,45 +69,18 @@ def _detector_name(text: str) -> str:
     return name
 
 
-def _device(choice: str) -> str:
-    import torch
-
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    return "mps" if mps is not None and mps.is_available() else "cpu"
-
-
-def read_image(path: Path) -> Any:
-    """File -> IMAGE ``[1, H, W, C]`` float32 in [0, 1] (C = 1, 3 or 4), EXIF orientation applied."""
-    import numpy as np
-    import torch
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float32) / 65535.0
-        else:
-            if im.mode not in ("L", "RGB", "RGBA"):
-                im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return torch.from_numpy(np.ascontiguousarray(arr)).unsqueeze(0)
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..devices import resolve_device
     from ..errors import VSPBFRError
     from ..face import DEFAULT_THRESHOLD, detect_faces, load_detector
     from ..face.detect import parse_selection
+    from ..imagefile import read_image
     from ..paths import find_model_file, resolve_models_dir
 
     parse_selection(args.select)                                   # fail before loading anything
+    device = resolve_device(args.device, what="--device")
     path = find_model_file(args.detector, [resolve_models_dir(args.models)], detector_dir=args.detector_dir)
-    detector = load_detector(args.detector, [path.parent], device=_device(args.device))
+    detector = load_detector(args.detector, [path.parent], device=device)
     threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     options = {"threshold": threshold, "min_size": args.min_size, "max_faces": args.max_faces,
                "selection": args.select, "order": args.order, "detect_size": args.detect_size}
@@ -104,14 +89,21 @@ def run(args: argparse.Namespace) -> int:
     for name in args.inputs:
         entry: dict[str, Any] = {"path": name}
         try:
-            image = read_image(Path(name))
+            image = read_image(Path(name)).pixels
             dets = detect_faces(detector, image, **options)
-        except (OSError, ValueError, VSPBFRError) as exc:   # unreadable file, bad image: report and go on
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:   # unreadable file, bad image, a failing detector: report it and go on
             failed += 1
-            entry["error"] = f"{type(exc).__name__}: {exc}"
+            text = " ".join(str(exc).split())
+            prefix = f"{Path(name)}: "
+            if text.startswith(prefix):
+                text = text[len(prefix):]
+            entry["error"] = f"{type(exc).__name__}: {text}"
             results.append(entry)
             if not args.json:
-                print(f"{name}: error: {exc}", file=sys.stderr)
+                print(f"{name}: error: {text if isinstance(exc, VSPBFRError) else entry['error']}", file=sys.stderr)
+            log.debug("failure details for %s", name, exc_info=True)
             continue
         height, width = image.shape[1:3]
         entry.update(width=int(width), height=int(height),

@@ -1,22 +1,58 @@
 """``vspbfr restore INPUT... -o OUT_DIR``: restore every chosen face of image files.
 
-Inputs are files, folders (searched recursively) or glob patterns; png, jpg/jpeg and webp are read,
-EXIF orientation is applied, alpha is kept, and each result is written under the input's file name
-(folder inputs keep their sub-folders) in the input's format.  A file that fails is reported and the
-others go on; the exit status is 1 when any file failed.
+Inputs are files, folders (searched recursively) or glob patterns.  Each result is written under the input's file
+name (folder inputs keep their sub-folders) in the input's format; how files are read and written (formats, 16-bit
+and float images, the 100-megapixel limit, animated files, safe temporary files) is described in
+:mod:`vspbfr_core.imagefile`.
+
+Collecting inputs:
+
+* Folders and glob patterns contribute files ending in .png, .jpg, .jpeg, .webp, .bmp, .tif or .tiff (any case);
+  GIF files are counted in a note (restore cannot write GIF).  A file named on the command line is tried whatever
+  its extension.  The same file named twice is restored once.
+* Every INPUT must name at least one image: a missing path, a folder without images or a pattern that matches
+  none is an error before anything is loaded (exit status 1).
+* A sub-folder that cannot be read, a broken symbolic link or a non-regular file (FIFO, device) with an image name
+  is reported as ``FAILED`` and counted as a failed file: nothing is skipped silently.  Symbolic links to folders
+  inside an input folder are not followed (noted in the log).  Glob patterns are expanded by Python's ``glob``.
+
+Output folder (``-o``) and output names:
+
+* ``-o ''`` is an error, and so is an OUT_DIR that is a file or that cannot be created.
+* When OUT_DIR lies inside an input folder (or below the fixed part of a glob pattern), the files under OUT_DIR
+  are not inputs: earlier results are never restored again.  OUT_DIR equal to an input folder is refused.
+* Every planned output (result, ``compare/<stem>.png``, ``faces/<stem>_NN_before|after.png``) is checked before
+  any model is loaded: when two inputs would write the same output (``a/x.png`` and ``b/x.png`` given
+  separately; ``x.jpg`` and ``x.png`` with ``--compare`` or ``--save-faces``), or an output would replace an
+  input file, the run is refused with a message naming both files.  While writing, a file this run already wrote
+  or an input is never replaced (this also covers names that only a case-insensitive file system folds together),
+  and nothing is written through a symbolic link that leads outside OUT_DIR.
+* Output names are the input names; only a face-crop or comparison name that would exceed 255 bytes is shortened
+  (its stem cut, plus ``~`` and 8 hex digits of a hash of the full stem).
+
+A file that fails is reported on one line (``SRC: FAILED: reason``; ``-v`` adds the traceback) and the others go
+on; the exit status is 1 when any file failed.
 """
 from __future__ import annotations
 
 import argparse
 import glob
 import logging
+import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+from ..cli import number
+from ..errors import InputError, VSPBFRError
+from ..imagefile import fit_name
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 DETECTORS = {"resnet50": "retinaface_resnet50", "mobile0.25": "retinaface_mobile0.25"}
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+_WILDCARDS = "*?["
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +68,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="models folder (default: $VSPBFR_MODELS, else the per-user folder; see `vspbfr info`)")
     g.add_argument("--detector", choices=sorted(DETECTORS), default="resnet50", help="RetinaFace backbone")
     g.add_argument("--detector-dir", metavar="DIR", default=None, help="folder with the detector file, if elsewhere")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    g.add_argument("--device", default="auto",
+                   help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps or another PyTorch device")
     g.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                    help="network precision (auto: float32; the W+ diffusion always runs in float32)")
-    g.add_argument("--chunk-size", type=int, default=4, help="faces per network batch (halved on out-of-memory)")
+    g.add_argument("--chunk-size", type=number(int, low=1), default=4,
+                   help="faces per network batch (halved on out-of-memory)")
     g.add_argument("--low-memory", action="store_true", help="keep only the running network on the device")
-    g.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for the networks (default 0: PyTorch's choice, one per physical core)")
+    g.add_argument("--threads", type=number(int, low=0, high=MAX_THREADS), default=0,
+                   help="CPU threads for the networks (default 0: PyTorch's choice, one per physical core; "
+                        "at most 4 per CPU core)")
     g.add_argument("--tf32", action="store_true",
                    help="CUDA float32: TF32 for the feature bank and restoration (faster, ~1e-3 less exact); "
                         "the encoder and W+ diffusion always run in full float32")
@@ -47,106 +86,323 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--aligned", action="store_true",
                    help="inputs are already aligned square face crops: skip detection and paste-back")
     s = p.add_argument_group("face selection")
-    s.add_argument("--threshold", type=float, default=None, help="detector score threshold (default 0.97)")
-    s.add_argument("--min-size", type=float, default=0.0, help="ignore faces smaller than this (pixels, box short side)")
-    s.add_argument("--max-faces", type=int, default=0, help="at most this many faces per image, largest first (0: all)")
+    s.add_argument("--threshold", type=number(float, low=0, high=1, low_open=True), default=None,
+                   help="detector score threshold in (0, 1] (default 0.97)")
+    s.add_argument("--min-size", type=number(float, low=0), default=0.0,
+                   help="ignore faces smaller than this (pixels, box short side)")
+    s.add_argument("--max-faces", type=number(int, low=0), default=0,
+                   help="at most this many faces per image, largest first (0: all)")
     s.add_argument("--select", default="all",
                    help='"all", "largest", "center" or face indices such as "0,2" (see `vspbfr faces`)')
     s.add_argument("--order", choices=("left-right", "top-bottom", "area", "score"), default="left-right",
                    help="how faces are numbered for --select")
     r = p.add_argument_group("restoration")
-    r.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives byte-identical files")
-    r.add_argument("--prompt-mix", type=float, default=1.0,
+    r.add_argument("--seed", type=number(int), default=0,
+                   help="noise seed (any integer); the same seed gives byte-identical files")
+    r.add_argument("--prompt-mix", type=number(float, low=0, high=1), default=1.0,
                    help="fidelity: 1 uses the diffused style prompt (official), 0 the encoder's own W+ codes")
-    r.add_argument("--bank-scale", type=float, default=1.0,
-                   help="fidelity: scale of the StyleGAN feature-bank (generative prior) term; <1 follows the input more")
-    r.add_argument("--visibility", type=float, default=1.0, help="blend with the original face (0..1)")
+    r.add_argument("--bank-scale", type=number(float, low=0, high=4), default=1.0,
+                   help="fidelity: scale of the StyleGAN feature-bank (generative prior) term in [0, 4]; "
+                        "<1 follows the input more")
+    r.add_argument("--visibility", type=number(float, low=0, high=1), default=1.0,
+                   help="blend with the original face (0..1)")
     r.add_argument("--color-correction", choices=("none", "meanstd", "wavelet"), default="none",
                    help="match the restored face's colours to the original")
     r.add_argument("--mask-shape", choices=("square", "ellipse"), default="square", help="paste-back mask shape")
-    r.add_argument("--feather", type=float, default=None, help="paste-back mask softness (crop pixels at 512)")
-    r.add_argument("--upscale", type=float, default=1.0, help="upscale the whole image by this factor (1..8)")
+    r.add_argument("--feather", type=number(float, low=0), default=None,
+                   help="paste-back mask softness (crop pixels at 512)")
+    r.add_argument("--upscale", type=number(float, low=1, high=8), default=1.0,
+                   help="upscale the whole image by this factor (1..8)")
     o = p.add_argument_group("extra outputs")
     o.add_argument("--save-faces", action="store_true", help="also write the aligned crops before/after to OUT_DIR/faces")
     o.add_argument("--compare", action="store_true", help="also write a side-by-side image to OUT_DIR/compare")
     p.set_defaults(func=run)
 
 
-def collect_inputs(items: list[str]) -> list[tuple[Path, Path]]:
-    """(file, output path relative to OUT_DIR) for every image named by files, folders or globs."""
-    found: list[tuple[Path, Path]] = []
-    missing: list[str] = []
+# -- inputs ------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Collected:
+    """What the INPUT arguments name: files to restore, and entries that already failed."""
+
+    files: list[tuple[Path, Path]] = field(default_factory=list)      # (file, output path relative to OUT_DIR)
+    failures: list[tuple[Path, str]] = field(default_factory=list)    # (path, reason)
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether real path ``path`` is ``folder`` or below it (both from ``os.path.realpath``)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _glob_base(pattern: str) -> str:
+    """The leading folders of a glob pattern that hold no wildcard."""
+    parts = Path(pattern).parts
+    fixed: list[str] = []
+    for part in parts[:-1]:
+        if any(c in part for c in _WILDCARDS):
+            break
+        fixed.append(part)
+    return str(Path(*fixed)) if fixed else "."
+
+
+def _entry_problem(path: Path) -> str | None:
+    """Why a found entry with an image name cannot be an input file, or None when it is a regular file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "broken symbolic link" if os.path.islink(path) else "vanished while collecting"
+    except OSError as exc:
+        return f"cannot access: {exc.strerror or exc}"
+    import stat
+
+    return None if stat.S_ISREG(st.st_mode) else "not a regular file"
+
+
+def _walk(folder: Path, skip: str | None, collected: Collected) -> int:
+    """Add the images under ``folder`` (sorted as paths) to ``collected``; returns how many were found.
+
+    ``skip`` is the real path of a folder not to enter (OUT_DIR inside the input folder).
+    """
+    found: list[Path] = []
+    gifs = 0
+
+    def failed(exc: OSError) -> None:
+        collected.failures.append((Path(exc.filename or folder), f"cannot read the folder: {exc.strerror or exc}"))
+
+    for dirpath, dirnames, filenames in os.walk(str(folder), onerror=failed):
+        keep = []
+        for d in dirnames:
+            sub = os.path.join(dirpath, d)
+            if os.path.islink(sub):
+                log.info("%s: symbolic link to a folder, not followed", sub)
+            elif skip is not None and os.path.realpath(sub) == skip:
+                log.info("%s: the output folder, its files are not inputs", sub)
+            else:
+                keep.append(d)
+        dirnames[:] = keep
+        for name in filenames:
+            suffix = os.path.splitext(name)[1].lower()
+            if suffix == ".gif":
+                gifs += 1
+            if suffix not in EXTENSIONS:
+                continue
+            path = Path(dirpath) / name
+            problem = _entry_problem(path)
+            if problem is None:
+                found.append(path)
+            else:
+                collected.failures.append((path, problem))
+    if gifs:
+        log.info("%s: %d GIF file(s) not restored (restore cannot write GIF; convert them to PNG)", folder, gifs)
+    collected.files += [(f, f.relative_to(folder)) for f in sorted(found)]
+    return len(found)
+
+
+def collect_inputs(items: list[str], out_dir: str | os.PathLike[str] | None = None) -> Collected:
+    """Files named by files, folders and globs (see the module rules); raises ``InputError`` for empty INPUTs."""
+    collected = Collected()
+    problems: list[str] = []
+    out_real = os.path.realpath(out_dir) if out_dir is not None else None
     for item in items:
+        if not item:
+            problems.append("'' (an empty argument)")
+            continue
         path = Path(item)
+        before_files, before_failures = len(collected.files), len(collected.failures)
         if path.is_dir():
-            for f in sorted(path.rglob("*")):
-                if f.is_file() and f.suffix.lower() in EXTENSIONS:
-                    found.append((f, f.relative_to(path)))
-        elif path.is_file():
-            found.append((path, Path(path.name)))
-        elif any(c in item for c in "*?["):
-            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
-            files = [m for m in matches if m.is_file() and m.suffix.lower() in EXTENSIONS]
-            if not files:
-                missing.append(item)
-            found += [(m, Path(m.name)) for m in files]
-        else:
-            missing.append(item)
-    if missing:
-        from ..errors import InputError
-        raise InputError(f"no image found for: {', '.join(missing)}")
-    seen: set[Path] = set()
+            real = os.path.realpath(path)
+            if out_real is not None and out_real == real:
+                raise InputError(f"-o {out_dir} is the input folder {item} itself: the results would replace the "
+                                 "inputs; write them to another folder (a new sub-folder is fine)")
+            skip = out_real if out_real is not None and _inside(out_real, real) else None
+            if not _walk(path, skip, collected) and len(collected.failures) == before_failures:
+                problems.append(f"{item} (a folder without {'/'.join(e[1:] for e in EXTENSIONS)} files)")
+            continue
+        if os.path.lexists(path):
+            problem = _entry_problem(path)
+            if problem is None:
+                collected.files.append((path, Path(path.name)))
+            else:
+                problems.append(f"{item} ({problem})")
+            continue
+        if any(c in item for c in _WILDCARDS):
+            base = os.path.realpath(_glob_base(item))
+            skip = out_real if out_real is not None and out_real != base and _inside(out_real, base) else None
+            for m in sorted(Path(m) for m in glob.glob(item, recursive=True)):
+                if m.suffix.lower() not in EXTENSIONS or os.path.isdir(m):
+                    continue
+                if skip is not None and _inside(os.path.realpath(m), skip):
+                    continue
+                problem = _entry_problem(m)
+                if problem is None:
+                    collected.files.append((m, Path(m.name)))
+                else:
+                    collected.failures.append((m, problem))
+            if len(collected.files) == before_files and len(collected.failures) == before_failures:
+                problems.append(f"{item} (the pattern matches no image)")
+            continue
+        problems.append(f"{item} (no such file or folder)")
+    if problems:
+        raise InputError(f"no image found for: {', '.join(problems)}")
+    seen: set[str] = set()
     unique = []
-    for f, rel in found:
-        if f.resolve() not in seen:
-            seen.add(f.resolve())
+    for f, rel in collected.files:
+        real = os.path.realpath(f)
+        if real not in seen:
+            seen.add(real)
             unique.append((f, rel))
-    return unique
+    collected.files = unique
+    return collected
 
 
-def read_image(path: Path) -> Any:
-    """File -> IMAGE ``[1, H, W, C]`` float32 in [0, 1] (C = 1, 3 or 4), EXIF orientation applied."""
-    import numpy as np
-    import torch
-    from PIL import Image, ImageOps
+# -- outputs -----------------------------------------------------------------------------------------------------
 
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16B", "I"):
-            arr = np.asarray(im, dtype=np.float32) / (65535.0 if im.mode.startswith("I;16") else 255.0)
-            arr = np.clip(arr, 0.0, 1.0)[..., None]
-            return torch.from_numpy(arr.copy())[None]
-        if im.mode not in ("RGB", "RGBA", "L"):
-            has_alpha = im.mode in ("LA", "PA") or "transparency" in im.info
-            im = im.convert("RGBA" if has_alpha else "RGB")
-        arr = np.asarray(im, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    return torch.from_numpy(arr.astype(np.float32) / 255.0)[None]
-
-
-def write_image(image: Any, path: Path) -> None:
-    """IMAGE ``[H, W, C]`` in [0, 1] -> file; the format follows the suffix (alpha dropped for JPEG)."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    arr = image.clamp(0, 1).mul(255.0).add(0.5).floor().to(dtype=torch.uint8).cpu().numpy()
-    if arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    im = Image.fromarray(np.ascontiguousarray(arr))
-    suffix = path.suffix.lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    if suffix in (".jpg", ".jpeg"):
-        if im.mode == "RGBA":
-            im = im.convert("RGB")
-        im.save(tmp, format="JPEG", quality=95, subsampling=0)
-    elif suffix == ".webp":
-        im.save(tmp, format="WEBP", quality=95, method=4)
+def check_out_dir(text: str) -> Path:
+    """``-o`` as a folder that exists or can be created (nothing is created here)."""
+    if not text or not text.strip():
+        raise InputError("-o/--out: the output folder name is empty")
+    out = Path(text)
+    if os.path.lexists(out) and not out.exists():
+        raise InputError(f"-o {text}: a broken symbolic link")
+    if out.exists():
+        if not out.is_dir():
+            raise InputError(f"-o {text}: exists and is not a folder")
+        existing = out
     else:
-        im.save(tmp, format="PNG")
-    tmp.replace(path)
+        existing = Path(os.path.abspath(out)).parent
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise InputError(f"-o {text}: cannot create the folder: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"-o {text}: cannot write in {existing} (permission denied)")
+    return out
+
+
+def _key(path: Path) -> str:
+    """A path as compared for collisions: real parent folder plus the name."""
+    return os.path.normcase(os.path.join(os.path.realpath(path.parent), path.name))
+
+
+def _ids(path: Path) -> set[tuple[int, int]]:
+    """(device, inode) of an input: the entry itself and, for a symbolic link, its target."""
+    ids = set()
+    for stat_fn in (os.lstat, os.stat):
+        try:
+            st = stat_fn(path)
+        except OSError:
+            continue
+        ids.add((st.st_dev, st.st_ino))
+    return ids
+
+
+def _entry_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the directory entry at an output path (a link itself, not its target), if any."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where one input's outputs go."""
+
+    src: Path
+    rel: Path
+    dst: Path                     # the restored image
+    faces_dir: Path               # OUT_DIR/faces/<sub-folders of rel>
+    compare: Path                 # OUT_DIR/compare/<sub-folders of rel>/<rel stem>.png
+
+    def face_path(self, index: int, kind: str) -> Path:
+        return self.faces_dir / fit_name(self.rel.stem, f"_{index:02d}_{kind}.png")
+
+
+def _show(items: list[str], limit: int = 5) -> str:
+    more = f"; and {len(items) - limit} more" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more
+
+
+def plan_outputs(files: list[tuple[Path, Path]], out_dir: Path, *, save_faces: bool = False,
+                 compare: bool = False) -> list[Plan]:
+    """One :class:`Plan` per input; ``InputError`` when outputs collide or one would replace an input."""
+    inputs: dict[str, Path] = {}
+    input_ids: dict[tuple[int, int], Path] = {}
+    for src, _ in files:
+        inputs[_key(src)] = src
+        inputs[os.path.normcase(os.path.realpath(src))] = src
+        for ident in _ids(src):
+            input_ids[ident] = src
+    claimed: dict[str, tuple[Path, str, Path]] = {}
+    collisions: list[str] = []
+    overwrites: list[str] = []
+    plans = []
+    for src, rel in files:
+        plan = Plan(src, rel, out_dir / rel, out_dir / "faces" / rel.parent,
+                    out_dir / "compare" / rel.parent / fit_name(rel.stem, ".png"))
+        plans.append(plan)
+        outputs = [(plan.dst, _key(plan.dst), "result")]
+        if compare:
+            outputs.append((plan.compare, _key(plan.compare), "comparison"))
+        if save_faces:
+            shown = plan.faces_dir / f"{rel.stem}_NN_before.png"
+            outputs.append((shown, _key(plan.faces_dir / rel.stem) + "\0faces", "face crops"))
+        for shown, key, what in outputs:
+            if key in claimed and claimed[key][0] != src:
+                other, other_what, _ = claimed[key]
+                collisions.append(f"{other} and {src} would both write {shown}")
+                continue
+            claimed[key] = (src, what, shown)
+            other = inputs.get(key)
+            ident = _entry_id(shown)
+            if other is None and ident is not None:
+                other = input_ids.get(ident)
+            if other is not None:
+                overwrites.append(f"the {what} of {src} would replace the input {other}")
+    if overwrites:
+        raise InputError(f"refusing to overwrite inputs: {_show(overwrites)}; choose an -o folder that holds no "
+                         "input files")
+    if collisions:
+        raise InputError(f"two inputs map to the same output name: {_show(collisions)}; pass their parent folder "
+                         "instead (sub-folders are kept) or restore them into different -o folders")
+    return plans
+
+
+class OutputWriter:
+    """Writes every output of a run: inside OUT_DIR only, never over an input or over a file it wrote before."""
+
+    def __init__(self, out_dir: Path, inputs: list[Path]):
+        self.out_dir = out_dir
+        self.out_real = os.path.realpath(out_dir)
+        self.input_ids: dict[tuple[int, int], Path] = {}
+        for src in inputs:
+            for ident in _ids(src):
+                self.input_ids[ident] = src
+        self.written: dict[str, Path] = {}
+        self.written_ids: dict[tuple[int, int], Path] = {}
+
+    def write(self, image: Any, path: Path, src: Path, **kwargs: Any) -> None:
+        from ..imagefile import write_image
+
+        parent = os.path.realpath(path.parent)
+        if not _inside(parent, self.out_real):
+            raise InputError(f"{path}: its folder leads outside {self.out_dir} (through a symbolic link); "
+                             "refusing to write there")
+        key = os.path.normcase(os.path.join(parent, path.name))
+        if key in self.written:
+            raise InputError(f"{path} was already written for {self.written[key]}: two inputs map to this name")
+        ident = _entry_id(path)
+        if ident is not None and ident in self.input_ids:
+            raise InputError(f"{path} is the input {self.input_ids[ident]}: refusing to replace an input")
+        if ident is not None and ident in self.written_ids:
+            raise InputError(f"{path} is the file already written for {self.written_ids[ident]} (the file "
+                             "system folds the two names together): refusing to replace it")
+        write_image(image, path, **kwargs)
+        self.written[key] = src
+        ident = _entry_id(path)
+        if ident is not None:
+            self.written_ids[ident] = src
 
 
 class FileProgress:
@@ -181,29 +437,48 @@ class FileProgress:
         self.stream.flush()
 
 
-def _pick_device(name: str) -> str:
-    import torch
 
-    if name != "auto":
-        if name == "cuda" and not torch.cuda.is_available():
-            from ..errors import VSPBFRError
-            raise VSPBFRError("--device cuda: CUDA is not available in this PyTorch build or machine")
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+
+def _failure_text(exc: BaseException, src: Path) -> str:
+    """One line for a failed file: our own errors as they are, others with their type; the path not repeated."""
+    text = " ".join(str(exc).split())
+    prefix = f"{src}: "
+    if text.startswith(prefix):
+        text = text[len(prefix):]
+    if not isinstance(exc, VSPBFRError):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..devices import resolve_device
+    from ..face.detect import parse_selection
+    from ..imagefile import output_format, read_image
     from ..pipeline import RestoreOptions, VSPBFRPipeline
 
-    files = collect_inputs(args.inputs)
-    out_dir = Path(args.out)
-    device = _pick_device(args.device)
+    # everything that can be checked is checked before any model is loaded
+    out_dir = check_out_dir(args.out)
+    options = RestoreOptions(
+        seed=args.seed, threshold=args.threshold, min_size=args.min_size, max_faces=args.max_faces,
+        selection=args.select, order=args.order, prompt_mix=args.prompt_mix, bank_scale=args.bank_scale,
+        visibility=args.visibility, color_correction=None if args.color_correction == "none" else args.color_correction,
+        mask_shape=args.mask_shape, feather=args.feather, upscale=args.upscale)
+    options.validate()
+    parse_selection(args.select)
+    device = resolve_device(args.device, what="--device")
+    collected = collect_inputs(args.inputs, out_dir)
+    plans = plan_outputs(collected.files, out_dir, save_faces=args.save_faces, compare=args.compare)
+    failed: list[str] = []
+    for path, reason in collected.failures:
+        failed.append(str(path))
+        print(f"{path}: FAILED: {reason}", file=sys.stderr)
+    total = len(plans) + len(collected.failures)
+    if not plans:
+        print(f"done: 0/{total} files", file=sys.stderr)
+        print(f"{len(failed)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     dtype = torch.float32 if args.dtype == "auto" else getattr(torch, args.dtype)
@@ -213,42 +488,41 @@ def run(args: argparse.Namespace) -> int:
                                    low_memory=args.low_memory, compile=args.compile,
                                    allow_tf32=args.tf32).to(device, dtype)
     load_s = time.perf_counter() - t0
-    options = RestoreOptions(
-        seed=args.seed, threshold=args.threshold, min_size=args.min_size, max_faces=args.max_faces,
-        selection=args.select, order=args.order, prompt_mix=args.prompt_mix, bank_scale=args.bank_scale,
-        visibility=args.visibility, color_correction=None if args.color_correction == "none" else args.color_correction,
-        mask_shape=args.mask_shape, feather=args.feather, upscale=args.upscale)
-    options.validate()
-    progress = FileProgress(len(files))
-    failed: list[str] = []
+    writer = OutputWriter(out_dir, [src for src, _ in collected.files])
+    progress = FileProgress(len(plans))
     faces_total = 0
     t_run = time.perf_counter()
-    for i, (src, rel) in enumerate(files):
+    for i, plan in enumerate(plans):
+        src = plan.src
         progress.start(i, src.name)
         t_file = time.perf_counter()
         try:
-            image = read_image(src)
+            loaded = read_image(src)
+            fmt = output_format(plan.dst, loaded.format)
+            image = loaded.pixels
             if args.aligned:
                 result = pipe.restore_aligned(image, options, callback=progress.draw)
             else:
                 result = pipe(image, options, callback=progress.draw)
-            dst = out_dir / rel
-            write_image(result.images[0], dst)
+            writer.write(result.images[0], plan.dst, src, format=fmt, sample=loaded.sample, params=loaded.params)
             if args.save_faces:
-                _save_faces(out_dir / "faces", rel, result)
+                for k in range(result.faces_found):
+                    writer.write(result.crops[k].permute(1, 2, 0), plan.face_path(k, "before"), src)
+                    writer.write(result.restored_crops[k].permute(1, 2, 0), plan.face_path(k, "after"), src)
             if args.compare:
-                _save_compare(out_dir / "compare" / rel.with_suffix(".png"), image[0], result.images[0])
+                writer.write(_compare_image(image[0], result.images[0]), plan.compare, src)
             faces_total += result.faces_found
-            progress.finish_file(f"{src}: {result.faces_found} face(s) -> {dst} ({time.perf_counter() - t_file:.1f} s)")
+            progress.finish_file(f"{src}: {result.faces_found} face(s) -> {plan.dst} "
+                                 f"({time.perf_counter() - t_file:.1f} s)")
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # one bad file must not stop a folder run: report it, go on, exit non-zero
             failed.append(str(src))
-            progress.finish_file(f"{src}: FAILED: {type(exc).__name__}: {exc}")
+            progress.finish_file(f"{src}: FAILED: {_failure_text(exc, src)}")
             log.debug("failure details for %s", src, exc_info=True)
     elapsed = time.perf_counter() - t_run
     per_face = f"{elapsed / faces_total:.2f} s/face" if faces_total else "no faces"
-    print(f"done: {len(files) - len(failed)}/{len(files)} files, {faces_total} faces, {elapsed:.1f} s "
+    print(f"done: {total - len(failed)}/{total} files, {faces_total} faces, {elapsed:.1f} s "
           f"({per_face}; model load {load_s:.1f} s) on {device} {str(dtype).replace('torch.', '')}", file=sys.stderr)
     if failed:
         print(f"{len(failed)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
@@ -256,14 +530,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_faces(folder: Path, rel: Path, result: Any) -> None:
-    stem = rel.with_suffix("")
-    for k in range(result.faces_found):
-        write_image(result.crops[k].permute(1, 2, 0), folder / f"{stem}_{k:02d}_before.png")
-        write_image(result.restored_crops[k].permute(1, 2, 0), folder / f"{stem}_{k:02d}_after.png")
-
-
-def _save_compare(path: Path, before: Any, after: Any) -> None:
+def _compare_image(before: Any, after: Any) -> Any:
+    """Side by side: the input (resized to the result's size when upscaled) and the result, RGB."""
     import torch
     import torch.nn.functional as F
 
@@ -275,4 +543,4 @@ def _save_compare(path: Path, before: Any, after: Any) -> None:
     if a.shape[:2] != b.shape[:2]:
         a = F.interpolate(a.permute(2, 0, 1)[None], size=b.shape[:2], mode="bicubic", align_corners=False)[0]
         a = a.permute(1, 2, 0).clamp(0, 1)
-    write_image(torch.cat([a, b], dim=1), path)
+    return torch.cat([a, b], dim=1)
