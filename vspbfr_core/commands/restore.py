@@ -36,23 +36,21 @@ on; the exit status is 1 when any file failed.
 from __future__ import annotations
 
 import argparse
-import glob
 import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..cli import number
 from ..errors import InputError, VSPBFRError
 from ..imagefile import fit_name
+from .inputs import _inside, collect_inputs
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 DETECTORS = {"resnet50": "retinaface_resnet50", "mobile0.25": "retinaface_mobile0.25"}
 MAX_THREADS = 4 * (os.cpu_count() or 1)
-_WILDCARDS = "*?["
 
 log = logging.getLogger(__name__)
 
@@ -117,142 +115,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--save-faces", action="store_true", help="also write the aligned crops before/after to OUT_DIR/faces")
     o.add_argument("--compare", action="store_true", help="also write a side-by-side image to OUT_DIR/compare")
     p.set_defaults(func=run)
-
-
-# -- inputs ------------------------------------------------------------------------------------------------------
-
-@dataclass
-class Collected:
-    """What the INPUT arguments name: files to restore, and entries that already failed."""
-
-    files: list[tuple[Path, Path]] = field(default_factory=list)      # (file, output path relative to OUT_DIR)
-    failures: list[tuple[Path, str]] = field(default_factory=list)    # (path, reason)
-
-
-def _inside(path: str, folder: str) -> bool:
-    """Whether real path ``path`` is ``folder`` or below it (both from ``os.path.realpath``)."""
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def _glob_base(pattern: str) -> str:
-    """The leading folders of a glob pattern that hold no wildcard."""
-    parts = Path(pattern).parts
-    fixed: list[str] = []
-    for part in parts[:-1]:
-        if any(c in part for c in _WILDCARDS):
-            break
-        fixed.append(part)
-    return str(Path(*fixed)) if fixed else "."
-
-
-def _entry_problem(path: Path) -> str | None:
-    """Why a found entry with an image name cannot be an input file, or None when it is a regular file."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return "broken symbolic link" if os.path.islink(path) else "vanished while collecting"
-    except OSError as exc:
-        return f"cannot access: {exc.strerror or exc}"
-    import stat
-
-    return None if stat.S_ISREG(st.st_mode) else "not a regular file"
-
-
-def _walk(folder: Path, skip: str | None, collected: Collected) -> int:
-    """Add the images under ``folder`` (sorted as paths) to ``collected``; returns how many were found.
-
-    ``skip`` is the real path of a folder not to enter (OUT_DIR inside the input folder).
-    """
-    found: list[Path] = []
-    gifs = 0
-
-    def failed(exc: OSError) -> None:
-        collected.failures.append((Path(exc.filename or folder), f"cannot read the folder: {exc.strerror or exc}"))
-
-    for dirpath, dirnames, filenames in os.walk(str(folder), onerror=failed):
-        keep = []
-        for d in dirnames:
-            sub = os.path.join(dirpath, d)
-            if os.path.islink(sub):
-                log.info("%s: symbolic link to a folder, not followed", sub)
-            elif skip is not None and os.path.realpath(sub) == skip:
-                log.info("%s: the output folder, its files are not inputs", sub)
-            else:
-                keep.append(d)
-        dirnames[:] = keep
-        for name in filenames:
-            suffix = os.path.splitext(name)[1].lower()
-            if suffix == ".gif":
-                gifs += 1
-            if suffix not in EXTENSIONS:
-                continue
-            path = Path(dirpath) / name
-            problem = _entry_problem(path)
-            if problem is None:
-                found.append(path)
-            else:
-                collected.failures.append((path, problem))
-    if gifs:
-        log.info("%s: %d GIF file(s) not restored (restore cannot write GIF; convert them to PNG)", folder, gifs)
-    collected.files += [(f, f.relative_to(folder)) for f in sorted(found)]
-    return len(found)
-
-
-def collect_inputs(items: list[str], out_dir: str | os.PathLike[str] | None = None) -> Collected:
-    """Files named by files, folders and globs (see the module rules); raises ``InputError`` for empty INPUTs."""
-    collected = Collected()
-    problems: list[str] = []
-    out_real = os.path.realpath(out_dir) if out_dir is not None else None
-    for item in items:
-        if not item:
-            problems.append("'' (an empty argument)")
-            continue
-        path = Path(item)
-        before_files, before_failures = len(collected.files), len(collected.failures)
-        if path.is_dir():
-            real = os.path.realpath(path)
-            if out_real is not None and out_real == real:
-                raise InputError(f"-o {out_dir} is the input folder {item} itself: the results would replace the "
-                                 "inputs; write them to another folder (a new sub-folder is fine)")
-            skip = out_real if out_real is not None and _inside(out_real, real) else None
-            if not _walk(path, skip, collected) and len(collected.failures) == before_failures:
-                problems.append(f"{item} (a folder without {'/'.join(e[1:] for e in EXTENSIONS)} files)")
-            continue
-        if os.path.lexists(path):
-            problem = _entry_problem(path)
-            if problem is None:
-                collected.files.append((path, Path(path.name)))
-            else:
-                problems.append(f"{item} ({problem})")
-            continue
-        if any(c in item for c in _WILDCARDS):
-            base = os.path.realpath(_glob_base(item))
-            skip = out_real if out_real is not None and out_real != base and _inside(out_real, base) else None
-            for m in sorted(Path(m) for m in glob.glob(item, recursive=True)):
-                if m.suffix.lower() not in EXTENSIONS or os.path.isdir(m):
-                    continue
-                if skip is not None and _inside(os.path.realpath(m), skip):
-                    continue
-                problem = _entry_problem(m)
-                if problem is None:
-                    collected.files.append((m, Path(m.name)))
-                else:
-                    collected.failures.append((m, problem))
-            if len(collected.files) == before_files and len(collected.failures) == before_failures:
-                problems.append(f"{item} (the pattern matches no image)")
-            continue
-        problems.append(f"{item} (no such file or folder)")
-    if problems:
-        raise InputError(f"no image found for: {', '.join(problems)}")
-    seen: set[str] = set()
-    unique = []
-    for f, rel in collected.files:
-        real = os.path.realpath(f)
-        if real not in seen:
-            seen.add(real)
-            unique.append((f, rel))
-    collected.files = unique
-    return collected
 
 
 # -- outputs -----------------------------------------------------------------------------------------------------
