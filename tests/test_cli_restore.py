@@ -52,6 +52,24 @@ def test_folder_run_outputs_sizes_faces_and_seed(models_dir: Path, tmp_path: Pat
     assert (out / "cf_02.png").read_bytes() != (other / "cf_02.png").read_bytes()
 
 
+def test_default_detector_is_the_file_that_is_there(models_dir: Path, tmp_path: Path,
+                                                    capfd: pytest.CaptureFixture[str]) -> None:
+    """Only mobile0.25 in the models folder (as after `download --detector mobile0.25`): no --detector needed, the
+    first line says what loads, and the result is the one an explicit --detector mobile0.25 gives."""
+    src = shared_path("faces", "whole", "cf_04.jpg")
+    assert main(["restore", str(src), "-o", str(tmp_path / "auto"), "--models", str(models_dir)]) == 0
+    first = capfd.readouterr().err.splitlines()[0]
+    assert first.startswith(f"loading the VSPBFR networks from {models_dir} and face detector retinaface_mobile0.25")
+    assert main(["restore", str(src), "-o", str(tmp_path / "explicit"), "--models", str(models_dir),
+                 "--detector", "mobile0.25"]) == 0
+    assert (tmp_path / "auto" / "cf_04.jpg").read_bytes() == (tmp_path / "explicit" / "cf_04.jpg").read_bytes()
+    # an explicit choice whose file is missing is honoured: a clear error, not the other detector
+    assert main(["restore", str(src), "-o", str(tmp_path / "r50"), "--models", str(models_dir),
+                 "--detector", "resnet50"]) == 1
+    err = capfd.readouterr().err
+    assert "detection_Resnet50_Final.pth" in err and "--only detector --detector resnet50" in err
+
+
 def test_pixels_outside_faces_unchanged(models_dir: Path, tmp_path: Path) -> None:
     src = shared_path("faces", "whole", "skimage_astronaut.png")
     assert main(["restore", str(src), "-o", str(tmp_path), "--models", str(models_dir), "--detector", "mobile0.25"]) == 0

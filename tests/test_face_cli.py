@@ -70,3 +70,27 @@ def test_unreadable_file_is_reported_and_the_rest_go_on(weights, tmp_path, capsy
     assert rc == 1
     doc = json.loads(capsys.readouterr().out)
     assert "error" in doc["images"][0] and len(doc["images"][1]["faces"]) == 1
+
+
+def test_folders_and_globs_like_restore_and_auto_detector(weights, tmp_path, capsys):
+    """`vspbfr faces FOLDER` walks the folder (sorted, sub-folders too) as `vspbfr restore` does; a glob works; the
+    default detector `auto` takes the only RetinaFace file there (mobile0.25 in ../shared/weights)."""
+    import shutil
+
+    whole = shared_path("faces", "whole")
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(whole / "cf_04.jpg", folder / "cf_04.jpg")
+    shutil.copy(whole / "cf_00.jpg", folder / "sub" / "cf_00.jpg")
+    rc = main(["faces", str(folder), "--models", weights, "--json", "--device", "cpu"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["detector"] == "retinaface_mobile0.25"
+    assert [img["path"] for img in doc["images"]] == [str(folder / "cf_04.jpg"), str(folder / "sub" / "cf_00.jpg")]
+    assert [len(img["faces"]) for img in doc["images"]] == [1, 4]
+    rc = main(["faces", str(folder / "**" / "*.jpg"), "--models", weights, "--json", "--device", "cpu"])
+    assert rc == 0 and len(json.loads(capsys.readouterr().out)["images"]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["faces", str(empty), "--models", weights]) == 1
+    assert "no image found for" in capsys.readouterr().err

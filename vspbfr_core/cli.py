@@ -109,12 +109,35 @@ def number(kind: type = float, *, low: float | None = None, high: float | None =
     return parse
 
 
+class DefaultsOnce(argparse.HelpFormatter):
+    """``--help`` shows an option's default once, and only when there is one to show: not for flags, required
+    options or ``None`` defaults, and not when the help text already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        flag = action.nargs == 0                                  # store_true / store_false / help / version
+        if (flag or action.required or not action.option_strings or action.default in (None, argparse.SUPPRESS)
+                or "default" in text.lower()):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _with_defaults_once(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` its own formatter with :class:`DefaultsOnce` in front (its layout is kept)."""
+    base = parser.formatter_class
+    if not (isinstance(base, type) and issubclass(base, DefaultsOnce)):
+        parser.formatter_class = type("Formatter", (DefaultsOnce, base), {})
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vspbfr", description="VSPBFR blind face restoration")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser = argparse.ArgumentParser(prog="vspbfr", description="VSPBFR blind face restoration",
+                                     formatter_class=DefaultsOnce)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages (and tracebacks)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name, __package__).register(sub)
+    for command in sub.choices.values():
+        _with_defaults_once(command)
     return parser
 
 

@@ -1,4 +1,8 @@
-"""``vspbfr faces IMAGE... [--detector NAME] [--detector-dir DIR] [--json]``: list the faces of images.
+"""``vspbfr faces INPUT... [--detector NAME] [--detector-dir DIR] [--json]``: list the faces of images.
+
+Inputs are collected exactly as ``vspbfr restore`` collects them: files, folders (searched recursively) and glob
+patterns; an INPUT that names no image is an error, and an unreadable sub-folder or broken link is reported as a
+failed entry (see :mod:`vspbfr_core.commands.inputs`).
 
 Each face is printed with its index in the chosen order (what ``--select 0,2`` of ``vspbfr restore``
 refers to when the same detector and selection options are given), box, score and size.  ``--json``
@@ -26,7 +30,7 @@ from typing import Any
 
 from ..cli import number
 
-DETECTORS = {"resnet50": "retinaface_resnet50", "mobile0.25": "retinaface_mobile0.25"}
+DETECTORS = {"auto": "auto", "resnet50": "retinaface_resnet50", "mobile0.25": "retinaface_mobile0.25"}
 JSON_FORMAT = "vspbfr-faces-v1"
 
 log = logging.getLogger(__name__)
@@ -37,9 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Detect faces with RetinaFace and list them with the index that face "
                                    "selection uses, their box, score and size.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files (png, jpg, webp, ...)")
-    p.add_argument("--detector", default="resnet50", type=_detector_name,
-                   help="RetinaFace backbone: resnet50 or mobile0.25 (facexlib's retinaface_* names work too)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or glob "
+                                                             "patterns, as for `vspbfr restore`")
+    p.add_argument("--detector", default="auto", type=_detector_name,
+                   help="RetinaFace backbone: auto (the file that is there, resnet50 first), resnet50 or mobile0.25 "
+                        "(facexlib's retinaface_* names work too)")
     p.add_argument("--detector-dir", metavar="DIR", default=None, help="folder with the detector file")
     p.add_argument("--models", metavar="DIR", default=None,
                    help="models folder searched after --detector-dir "
@@ -48,16 +54,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps or another PyTorch device")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     s = p.add_argument_group("face selection (same meaning as in `vspbfr restore`)")
-    s.add_argument("--threshold", type=number(float, low=0, high=1, low_open=True), default=None,
+    s.add_argument("--threshold", metavar="T", type=number(float, low=0, high=1, low_open=True), default=None,
                    help="detector score threshold in (0, 1] (default 0.97)")
-    s.add_argument("--min-size", type=number(float, low=0), default=0.0,
+    s.add_argument("--min-size", metavar="PX", type=number(float, low=0), default=0.0,
                    help="ignore faces smaller than this (pixels, box short side)")
-    s.add_argument("--max-faces", type=number(int, low=0), default=0,
+    s.add_argument("--max-faces", metavar="N", type=number(int, low=0), default=0,
                    help="at most this many faces per image, largest first (0: all)")
-    s.add_argument("--select", default="all", help='"all", "largest", "center" or indices such as "0,2"')
+    s.add_argument("--select", metavar="WHICH", default="all", help='"all", "largest", "center" or indices such as "0,2"')
     s.add_argument("--order", choices=("left-right", "top-bottom", "area", "score"), default="left-right",
                    help="how faces are numbered")
-    s.add_argument("--detect-size", type=number(int, low=0), default=640,
+    s.add_argument("--detect-size", metavar="PX", type=number(int, low=0), default=640,
                    help="detection runs on a copy whose long side is at most this (0: full size)")
     p.set_defaults(func=run)
 
@@ -69,41 +75,53 @@ def _detector_name(text: str) -> str:
     return name
 
 
+def _error_text(exc: BaseException, path: Path) -> str:
+    text = " ".join(str(exc).split())
+    prefix = f"{path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
 def run(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..errors import VSPBFRError
     from ..face import DEFAULT_THRESHOLD, detect_faces, load_detector
     from ..face.detect import parse_selection
     from ..imagefile import read_image
-    from ..paths import find_model_file, resolve_models_dir
+    from ..paths import choose_detector, find_model_file, resolve_models_dir
+    from .inputs import collect_inputs
 
     parse_selection(args.select)                                   # fail before loading anything
     device = resolve_device(args.device, what="--device")
-    path = find_model_file(args.detector, [resolve_models_dir(args.models)], detector_dir=args.detector_dir)
-    detector = load_detector(args.detector, [path.parent], device=device)
+    collected = collect_inputs(args.inputs)
+    dirs = [resolve_models_dir(args.models)]
+    name = choose_detector(args.detector, dirs, detector_dir=args.detector_dir)
+    path = find_model_file(name, dirs, detector_dir=args.detector_dir)
+    detector = load_detector(name, [path.parent], device=device)
     threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     options = {"threshold": threshold, "min_size": args.min_size, "max_faces": args.max_faces,
                "selection": args.select, "order": args.order, "detect_size": args.detect_size}
     results: list[dict[str, Any]] = []
     failed = 0
-    for name in args.inputs:
-        entry: dict[str, Any] = {"path": name}
+    for bad, reason in collected.failures:                        # unreadable sub-folders, broken links
+        failed += 1
+        results.append({"path": str(bad), "error": f"InputError: {reason}"})
+        if not args.json:
+            print(f"{bad}: error: {reason}", file=sys.stderr)
+    for src, _ in collected.files:
+        entry: dict[str, Any] = {"path": str(src)}
         try:
-            image = read_image(Path(name)).pixels
+            image = read_image(src).pixels
             dets = detect_faces(detector, image, **options)
         except KeyboardInterrupt:
             raise
         except Exception as exc:   # unreadable file, bad image, a failing detector: report it and go on
             failed += 1
-            text = " ".join(str(exc).split())
-            prefix = f"{Path(name)}: "
-            if text.startswith(prefix):
-                text = text[len(prefix):]
+            text = _error_text(exc, src)
             entry["error"] = f"{type(exc).__name__}: {text}"
             results.append(entry)
             if not args.json:
-                print(f"{name}: error: {text if isinstance(exc, VSPBFRError) else entry['error']}", file=sys.stderr)
-            log.debug("failure details for %s", name, exc_info=True)
+                print(f"{src}: error: {text if isinstance(exc, VSPBFRError) else entry['error']}", file=sys.stderr)
+            log.debug("failure details for %s", src, exc_info=True)
             continue
         height, width = image.shape[1:3]
         entry.update(width=int(width), height=int(height),
@@ -112,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             _print_table(entry)
     if args.json:
-        doc = {"format": JSON_FORMAT, "detector": args.detector, "weights": str(path), "options": options,
+        doc = {"format": JSON_FORMAT, "detector": name, "weights": str(path), "options": options,
                "images": results}
         print(json.dumps(doc, indent=2))
     return 1 if failed else 0

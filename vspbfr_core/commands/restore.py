@@ -49,7 +49,7 @@ from ..errors import InputError, VSPBFRError
 from ..imagefile import fit_name
 from .inputs import _inside, collect_inputs
 
-DETECTORS = {"resnet50": "retinaface_resnet50", "mobile0.25": "retinaface_mobile0.25"}
+DETECTORS = {"auto": "auto", "resnet50": "retinaface_resnet50", "mobile0.25": "retinaface_mobile0.25"}
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 
 log = logging.getLogger(__name__)
@@ -64,16 +64,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("models and device")
     g.add_argument("--models", metavar="DIR", default=None,
                    help="models folder (default: $VSPBFR_MODELS, else the per-user folder; see `vspbfr info`)")
-    g.add_argument("--detector", choices=sorted(DETECTORS), default="resnet50", help="RetinaFace backbone")
+    g.add_argument("--detector", choices=list(DETECTORS), default="auto",
+                   help="RetinaFace backbone; auto: the file that is there, resnet50 first, else mobile0.25")
     g.add_argument("--detector-dir", metavar="DIR", default=None, help="folder with the detector file, if elsewhere")
     g.add_argument("--device", default="auto",
                    help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps or another PyTorch device")
     g.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                    help="network precision (auto: float32; the W+ diffusion always runs in float32)")
-    g.add_argument("--chunk-size", type=number(int, low=1), default=4,
+    g.add_argument("--chunk-size", metavar="N", type=number(int, low=1), default=4,
                    help="faces per network batch (halved on out-of-memory)")
     g.add_argument("--low-memory", action="store_true", help="keep only the running network on the device")
-    g.add_argument("--threads", type=number(int, low=0, high=MAX_THREADS), default=0,
+    g.add_argument("--threads", metavar="N", type=number(int, low=0, high=MAX_THREADS), default=0,
                    help="CPU threads for the networks (default 0: PyTorch's choice, one per physical core; "
                         "at most 4 per CPU core)")
     g.add_argument("--tf32", action="store_true",
@@ -84,32 +85,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--aligned", action="store_true",
                    help="inputs are already aligned square face crops: skip detection and paste-back")
     s = p.add_argument_group("face selection")
-    s.add_argument("--threshold", type=number(float, low=0, high=1, low_open=True), default=None,
+    s.add_argument("--threshold", metavar="T", type=number(float, low=0, high=1, low_open=True), default=None,
                    help="detector score threshold in (0, 1] (default 0.97)")
-    s.add_argument("--min-size", type=number(float, low=0), default=0.0,
+    s.add_argument("--min-size", metavar="PX", type=number(float, low=0), default=0.0,
                    help="ignore faces smaller than this (pixels, box short side)")
-    s.add_argument("--max-faces", type=number(int, low=0), default=0,
+    s.add_argument("--max-faces", metavar="N", type=number(int, low=0), default=0,
                    help="at most this many faces per image, largest first (0: all)")
-    s.add_argument("--select", default="all",
+    s.add_argument("--select", metavar="WHICH", default="all",
                    help='"all", "largest", "center" or face indices such as "0,2" (see `vspbfr faces`)')
     s.add_argument("--order", choices=("left-right", "top-bottom", "area", "score"), default="left-right",
                    help="how faces are numbered for --select")
     r = p.add_argument_group("restoration")
-    r.add_argument("--seed", type=number(int), default=0,
-                   help="noise seed (any integer); the same seed gives byte-identical files")
-    r.add_argument("--prompt-mix", type=number(float, low=0, high=1), default=1.0,
+    r.add_argument("--seed", metavar="N", type=number(int), default=0,
+                   help="noise seed (any integer); the same seed gives byte-identical files on the same device, "
+                        "precision and --threads")
+    r.add_argument("--prompt-mix", metavar="X", type=number(float, low=0, high=1), default=1.0,
                    help="fidelity: 1 uses the diffused style prompt (official), 0 the encoder's own W+ codes")
-    r.add_argument("--bank-scale", type=number(float, low=0, high=4), default=1.0,
+    r.add_argument("--bank-scale", metavar="X", type=number(float, low=0, high=4), default=1.0,
                    help="fidelity: scale of the StyleGAN feature-bank (generative prior) term in [0, 4]; "
                         "<1 follows the input more")
-    r.add_argument("--visibility", type=number(float, low=0, high=1), default=1.0,
+    r.add_argument("--visibility", metavar="X", type=number(float, low=0, high=1), default=1.0,
                    help="blend with the original face (0..1)")
     r.add_argument("--color-correction", choices=("none", "meanstd", "wavelet"), default="none",
                    help="match the restored face's colours to the original")
     r.add_argument("--mask-shape", choices=("square", "ellipse"), default="square", help="paste-back mask shape")
-    r.add_argument("--feather", type=number(float, low=0), default=None,
-                   help="paste-back mask softness (crop pixels at 512)")
-    r.add_argument("--upscale", type=number(float, low=1, high=8), default=1.0,
+    r.add_argument("--feather", metavar="PX", type=number(float, low=0), default=None,
+                   help="paste-back mask softness in crop pixels at 512 (default: the standard softness, 50)")
+    r.add_argument("--upscale", metavar="X", type=number(float, low=1, high=8), default=1.0,
                    help="upscale the whole image by this factor (1..8)")
     o = p.add_argument_group("extra outputs")
     o.add_argument("--save-faces", action="store_true", help="also write the aligned crops before/after to OUT_DIR/faces")
@@ -318,6 +320,7 @@ def run(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..face.detect import parse_selection
     from ..imagefile import output_format, read_image
+    from ..paths import choose_detector, resolve_models_dir
     from ..pipeline import RestoreOptions, VSPBFRPipeline
 
     # everything that can be checked is checked before any model is loaded
@@ -344,8 +347,12 @@ def run(args: argparse.Namespace) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     dtype = torch.float32 if args.dtype == "auto" else getattr(torch, args.dtype)
+    models_dir = resolve_models_dir(args.models)
+    detector = None if args.aligned else choose_detector(args.detector, [models_dir], detector_dir=args.detector_dir)
+    print(f"loading the VSPBFR networks from {models_dir}" + (f" and face detector {detector}" if detector else "")
+          + f" onto {device} {str(dtype).replace('torch.', '')}", file=sys.stderr)
     t0 = time.perf_counter()
-    pipe = VSPBFRPipeline.from_dir(args.models, detector=None if args.aligned else DETECTORS[args.detector],
+    pipe = VSPBFRPipeline.from_dir(models_dir, detector=detector,
                                    detector_dir=args.detector_dir, chunk_size=args.chunk_size,
                                    low_memory=args.low_memory, compile=args.compile,
                                    allow_tf32=args.tf32).to(device, dtype)
