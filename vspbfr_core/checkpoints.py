@@ -420,8 +420,8 @@ def check_tensors(found: dict[str, torch.Tensor], expected: dict[str, torch.Tens
     for k, ref in expected.items():
         t = found[prefix + k]
         if _dtype_class(t) != _dtype_class(ref):
-            wrong.append(f"{prefix + k!r} is {str(t.dtype).removeprefix('torch.')}, the network needs a "
-                         f"{_dtype_class(ref)} tensor")
+            wrong.append(f"{prefix + k!r} is {str(t.dtype).removeprefix('torch.')}, the network expects "
+                         f"{_dtype_class(ref)} values")
     if wrong:
         raise CheckpointError(f"{shown(path)}: {len(wrong)} tensor(s) of the {what} network have the wrong dtype "
                               f"(first: {'; '.join(wrong[:3])}). The file is damaged or not written for this network.")
@@ -493,7 +493,8 @@ def _canonicalize(obj: Any, path: Path) -> tuple[StateDict, dict[str, Any]]:
         sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     odd = [k for k in sd if not isinstance(k, str)]
     if odd:
-        raise CheckpointError(f"{shown(path)}: state dict keys must be strings, found {[repr(k)[:40] for k in odd[:5]]}")
+        raise CheckpointError(f"{shown(path)}: state dict keys must be strings, found "
+                              f"{[repr(k)[:40] for k in odd[:5]]}")
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
@@ -540,7 +541,8 @@ def _count(sd: StateDict, pattern: str) -> int:
 
 def _shape(sd: StateDict, key: str, path: Path, kind: str) -> torch.Size:
     if key not in sd:
-        raise CheckpointError(f"{shown(path)}: {kind} file is missing the key {key!r} needed to infer its configuration")
+        raise CheckpointError(f"{shown(path)}: {kind} file is missing the key {key!r} needed to infer its "
+                              "configuration")
     return sd[key].shape
 
 
@@ -801,7 +803,8 @@ def _strict_load(net: nn.Module, sd: StateDict, kernels: StateDict, path: Path, 
         except AttributeError as exc:
             raise CheckpointError(f"{shown(path)}: unexpected FIR kernel {key!r} for the {kind} network") from exc
         if ours.shape != value.shape or not torch.allclose(ours.float(), value.float().cpu(), atol=1e-7):
-            raise CheckpointError(f"{shown(path)}: FIR kernel {key!r} differs from the [1,3,3,1] kernel this network uses")
+            raise CheckpointError(f"{shown(path)}: FIR kernel {key!r} differs from the [1,3,3,1] kernel this network "
+                                  "uses")
     local = check_tensors(sd, expected, path, kind, prefix)
     net.load_state_dict(local, strict=True, assign=True)
     left = [n for n, t in list(net.named_parameters()) + list(net.named_buffers()) if t.is_meta]
@@ -844,13 +847,16 @@ def load_state_dict_kind(sd: StateDict, kind: CheckpointKind, path: str | bytes 
                                   "style_encoder")
         sg_cfg = _merge_declared(infer_stylegan_config(kept, path), declared.get("stylegan"), (), path, "stylegan")
         if enc_cfg.num_ws < sg_cfg.num_ws:
-            raise CheckpointError(f"{shown(path)}: encoder gives {enc_cfg.num_ws} W+ rows, the decoder needs {sg_cfg.num_ws}")
+            raise CheckpointError(f"{shown(path)}: encoder gives {enc_cfg.num_ws} W+ rows, the decoder needs "
+                                  f"{sg_cfg.num_ws}")
         if "latent_avg" not in kept:
-            raise CheckpointError(f"{shown(path)}: style_encoder_decoder file has no 'latent_avg' (needed: start_from_latent_avg)")
+            raise CheckpointError(f"{shown(path)}: style_encoder_decoder file has no 'latent_avg' (needed: "
+                                  "start_from_latent_avg)")
         avg = kept.pop("latent_avg")
         check_tensors({"latent_avg": avg}, {"latent_avg": torch.empty(0, device="meta")}, path, kind)
         if avg.shape[-1] != enc_cfg.w_dim or avg.numel() not in (enc_cfg.w_dim, enc_cfg.num_ws * enc_cfg.w_dim):
-            raise CheckpointError(f"{shown(path)}: latent_avg has shape {tuple(avg.shape)}, expected [{enc_cfg.num_ws}, "
+            raise CheckpointError(f"{shown(path)}: latent_avg has shape {tuple(avg.shape)}, expected "
+                                  f"[{enc_cfg.num_ws}, "
                                   f"{enc_cfg.w_dim}], [1, {enc_cfg.w_dim}] or [{enc_cfg.w_dim}]")
         kept["encoder.latent_avg"] = avg.reshape(-1, enc_cfg.w_dim).expand(enc_cfg.num_ws, -1).contiguous()
         enc_sd = {k: v for k, v in kept.items() if k.startswith("encoder.")}
@@ -896,7 +902,8 @@ def load_checkpoint(path: str | bytes | os.PathLike[str], expect: CheckpointKind
     if raw.kind == "style_encoder_decoder":
         opts = raw.extras.get("opts") or {}
         if isinstance(opts, dict) and opts.get("start_from_latent_avg") is False:
-            raise CheckpointError(f"{shown(raw.path)}: opts.start_from_latent_avg is False; VSPBFR's encoder needs latent_avg")
+            raise CheckpointError(f"{shown(raw.path)}: opts.start_from_latent_avg is False; VSPBFR's encoder needs "
+                                  "latent_avg")
     return load_state_dict_kind(raw.state_dict, raw.kind, raw.path, raw.metadata)
 
 
