@@ -2,10 +2,24 @@
 
 Steps (spandrel's pipeline, made strict): read (safetensors, or ``torch.load(weights_only=True)``
 with a data-only allow-list) -> canonicalize (unwrap the official containers) -> detect the kind
-from the keys -> infer the config from tensor shapes -> drop the keys inference never uses after
-checking them (FIR kernels must equal the computed ones; noise buffers and the decoder's mapping
-MLP are unused) -> build on the meta device -> strict ``load_state_dict(assign=True)`` -> assert
-nothing is left on meta -> ``eval().requires_grad_(False)``.
+from the keys -> validate the ``vspbfr.configs`` metadata of converted files (types, ranges, known
+fields) -> infer the config from tensor shapes (declared shape fields must agree) -> drop the keys
+inference never uses after checking them (FIR kernels must equal the computed ones; noise buffers
+and the decoder's mapping MLP are unused) -> build on the meta device -> check keys, shapes, dtypes
+(floating where the network is floating, integer where it is integer) and values (no NaN / Inf, no
+negative BatchNorm variance) -> strict ``load_state_dict(assign=True)`` -> assert nothing is left on
+meta -> ``eval().requires_grad_(False)``.
+
+Reading rules (also used for the RetinaFace detector, :func:`read_weights_file`):
+
+* zip checkpoints are checked member by member (CRC-32, about 0.4 s per GB) and memory-mapped only when
+  every member is stored, as ``torch.save`` writes them; deflated members (a re-zipped file) are read
+  without ``mmap``, giving the same tensors; other zip compression methods are refused;
+* :class:`UnsafeCheckpointError` ("could run code") only when the pickle names a real global outside the
+  allow-list; truncated, random, damaged or legacy garbage data is a plain :class:`CheckpointError`;
+* no message passes on PyTorch's advice to retry with ``weights_only=False``;
+* paths may be ``bytes`` or hold bytes that are not UTF-8 (reached through ``/proc/self/fd`` by the native
+  readers on Linux); messages show such bytes as ``\\xff`` escapes.
 
 A file is never unpickled with arbitrary globals and a mismatch never falls back to random weights.
 """

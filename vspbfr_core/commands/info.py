@@ -136,10 +136,9 @@ def inspect_models_dir(folder: str | os.PathLike[str], detector_dir: str | os.Pa
 
     Raises :class:`InputError` when a folder exists but is not a folder or cannot be listed.
     """
+    from ..checkpoints import as_path
     from ..download import read_download_records
     from ..errors import VSPBFRError
-
-    from ..checkpoints import as_path
 
     folder = as_path(folder)
     _check_folder(folder, "models folder")
