@@ -2,24 +2,43 @@
 
 Steps (spandrel's pipeline, made strict): read (safetensors, or ``torch.load(weights_only=True)``
 with a data-only allow-list) -> canonicalize (unwrap the official containers) -> detect the kind
-from the keys -> infer the config from tensor shapes -> drop the keys inference never uses after
-checking them (FIR kernels must equal the computed ones; noise buffers and the decoder's mapping
-MLP are unused) -> build on the meta device -> strict ``load_state_dict(assign=True)`` -> assert
-nothing is left on meta -> ``eval().requires_grad_(False)``.
+from the keys -> validate the ``vspbfr.configs`` metadata of converted files (types, ranges, known
+fields) -> infer the config from tensor shapes (declared shape fields must agree) -> drop the keys
+inference never uses after checking them (FIR kernels must equal the computed ones; noise buffers
+and the decoder's mapping MLP are unused) -> build on the meta device -> check keys, shapes, dtypes
+(floating where the network is floating, integer where it is integer) and values (no NaN / Inf, no
+negative BatchNorm variance) -> strict ``load_state_dict(assign=True)`` -> assert nothing is left on
+meta -> ``eval().requires_grad_(False)``.
+
+Reading rules (also used for the RetinaFace detector, :func:`read_weights_file`):
+
+* zip checkpoints are checked member by member (CRC-32, about 0.4 s per GB) and memory-mapped only when
+  every member is stored, as ``torch.save`` writes them; deflated members (a re-zipped file) are read
+  without ``mmap``, giving the same tensors; other zip compression methods are refused;
+* :class:`UnsafeCheckpointError` ("could run code") only when the pickle names a real global outside the
+  allow-list; truncated, random, damaged or legacy garbage data is a plain :class:`CheckpointError`;
+* no message passes on PyTorch's advice to retry with ``weights_only=False``;
+* paths may be ``bytes`` or hold bytes that are not UTF-8 (reached through ``/proc/self/fd`` by the native
+  readers on Linux); messages show such bytes as ``\\xff`` escapes.
 
 A file is never unpickled with arbitrary globals and a mismatch never falls back to random weights.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import pickle
 import re
+import secrets
 import zipfile
+import zlib
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,14 +47,16 @@ import torch
 from torch import nn
 
 from .encoder import StyleEncoder, StyleEncoderConfig
-from .errors import CheckpointError, ModelNotFoundError, UnsafeCheckpointError
+from .errors import CheckpointError, ModelNotFoundError, OutputError, UnsafeCheckpointError
 from .restorer import RestorationConfig, RestorationNet
 from .stylegan2 import StyleGAN2Config, StyleGAN2Synthesis
 from .wplus_diffusion import CodeDiffuser, CodeDiffuserConfig
 
 __all__ = [
     "CheckpointKind", "OFFICIAL_FILES", "LoadedCheckpoint", "read_checkpoint", "detect_kind", "load_checkpoint",
-    "load_state_dict_kind", "convert_checkpoint", "file_sha256", "SAFE_GLOBAL_NAMES",
+    "load_state_dict_kind", "convert_checkpoint", "file_sha256", "SAFE_GLOBAL_NAMES", "read_weights_file",
+    "check_tensors", "count_non_finite", "validate_config_metadata", "as_path", "shown",
+    "check_out_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,17 +102,81 @@ SAFE_GLOBAL_NAMES = ("argparse.Namespace", "numpy.core.multiarray.scalar", "nump
                      "numpy.dtypes.BoolDType")
 
 
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+def file_sha256(path: str | bytes | os.PathLike[str], chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(as_path(path), "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
 
 
+def as_path(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> Path:
+    """``path`` as a :class:`Path`; ``bytes`` names (POSIX names that are not UTF-8) are decoded with
+    :func:`os.fsdecode`, so they round-trip to the same bytes when the file is opened."""
+    try:
+        return Path(os.fsdecode(os.fspath(path)))
+    except TypeError as exc:
+        raise CheckpointError(f"a model file path must be a str, bytes or os.PathLike, not {type(path).__name__}"
+                              ) from exc
+
+
+def shown(path: str | bytes | os.PathLike[str]) -> str:
+    """``path`` (or any text) for messages: bytes that are not UTF-8 appear as ``\\xff`` escapes, so every stream
+    can print it; valid names are unchanged."""
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "backslashreplace")
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:   # a lone surrogate that no file name byte produced
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _native_name(path: Path) -> Iterator[str | None]:
+    """A name the native readers (PyTorch's zip reader and ``mmap``, safetensors) can open for ``path``.
+
+    They only take UTF-8 strings. A POSIX name with other bytes is opened here and reached through
+    ``/proc/self/fd/N`` (Linux); ``None`` where that does not exist (the caller then reads through a Python
+    file object). A mapping made through the descriptor outlives it.
+    """
+    name = os.fspath(path)
+    if _utf8(name):
+        yield name
+        return
+    if not os.path.isdir("/proc/self/fd"):
+        yield None
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
 def _check_exists(path: Path) -> None:
+    """A clear error unless ``path`` is a regular file this process can open."""
+    if not path.exists():
+        raise ModelNotFoundError(f"model file not found: {shown(path)}")
     if not path.is_file():
-        raise ModelNotFoundError(f"model file not found: {path}")
+        raise CheckpointError(f"{shown(path)}: is a folder or a special file, not a model file")
+    try:
+        with open(path, "rb") as f:
+            empty = f.read(1) == b""
+    except OSError as exc:
+        raise CheckpointError(f"{shown(path)}: cannot open the model file ({exc.strerror or exc}); check its "
+                              "permissions") from exc
+    if empty:
+        raise CheckpointError(f"{shown(path)}: the file is empty (an interrupted download or copy): download it "
+                              "again (vspbfr download)")
 
 
 _TORCH_REBUILDERS = frozenset({
@@ -136,68 +221,244 @@ def _has_safe_globals() -> bool:
     return hasattr(ser, "safe_globals") and hasattr(ser, "get_unsafe_globals_in_checkpoint")
 
 
+# A global named by an unpickler: dotted Python identifiers (what a GLOBAL / STACK_GLOBAL opcode of a real pickle
+# holds). Bytes of a damaged file that an unpickler reads as a "name" do not look like this.
+_GLOBAL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module \S+ is blocked)")
+# PyTorch's weights_only errors advise re-running with weights_only=False (which would run the file's code);
+# sentences that mention it or the allow-list helpers are dropped from every message passed on.
+_ADVICE = re.compile(r"weights[_ ]only|safe_globals|add_safe_globals|arbitrary code|trusted source", re.IGNORECASE)
+
+
+def _has_advice(exc: BaseException) -> bool:
+    return bool(_ADVICE.search(str(exc)))
+
+
+def torch_reason(exc: BaseException, limit: int = 240) -> str:
+    """A one-line reason for a failed ``torch.load``: the unpickler's own words, without PyTorch's advice."""
+    text = str(exc)
+    inner = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:\n\s*\n|Check the documentation|$)", text, re.S)
+    if inner and inner.group(1).strip():
+        text = inner.group(1)
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    sentences = re.split(r"(?<=[.!?])\s+", text)
+    text = " ".join(s for s in sentences if not _ADVICE.search(s)).strip()
+    if len(text) > limit:
+        text = text[:limit].rstrip() + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _refused_global(exc: BaseException) -> str | None:
+    """The forbidden global a refusal names, or None when the error is not such a refusal (damaged data)."""
+    match = _REFUSED_GLOBAL.search(str(exc))
+    if match and _GLOBAL_NAME.fullmatch(match.group(1)) and match.group(1) not in SAFE_GLOBAL_NAMES:
+        return match.group(1)
+    return None
+
+
+_ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+
+
+def _zip_compressed(path: Path) -> bool:
+    """Whether a zip checkpoint has compressed (deflate) members, after checking every member's CRC-32.
+
+    ``torch.save`` writes stored members, which PyTorch can memory-map; a file re-zipped by another tool may hold
+    deflated ones, which must be read without ``mmap`` (mapped, they would be read as raw compressed bytes).
+    Raises :class:`CheckpointError` for other compression methods and for damaged archives or members.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            other = sorted({i.compress_type for i in infos} - set(_ZIP_METHODS))
+            if other:
+                raise CheckpointError(
+                    f"{shown(path)}: the archive's members use zip compression method(s) {other}, which PyTorch "
+                    "cannot read (only stored and deflate): save the checkpoint again with torch.save")
+            bad = zf.testzip()
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, ValueError, NotImplementedError) as exc:
+        raise CheckpointError(f"{shown(path)}: damaged zip archive ({type(exc).__name__}: {exc}). The file is "
+                              "truncated or corrupt: download it again (vspbfr download).") from exc
+    if bad is not None:
+        raise CheckpointError(f"{shown(path)}: the archive member {bad!r} is damaged (its CRC-32 does not match "
+                              "its contents). The file is corrupt: download it again (vspbfr download).")
+    return any(i.compress_type != zipfile.ZIP_STORED for i in infos)
+
+
 def _torch_load(path: Path, restricted_fallback: bool | None = None) -> Any:
     """Unpickle a checkpoint without ever running code from it.
 
     PyTorch >= 2.5: ``weights_only=True`` with the data-only allow-list.  Older PyTorch (A1111 1.10
     ships 2.1): the same allow-list through a restricted unpickler.  ``torch.serialization.load`` is
     called directly because some hosts replace ``torch.load`` with wrappers that return ``None``.
+
+    Zip checkpoints are checked member by member (CRC-32) first and memory-mapped only when every member is
+    stored; deflated members are read without ``mmap``. :class:`UnsafeCheckpointError` is raised only when the
+    pickle names a real global outside the allow-list; anything else that fails is a damaged file
+    (:class:`CheckpointError`). No message passes on PyTorch's advice to load with ``weights_only=False``.
     """
+    path = as_path(path)
     use_fallback = (not _has_safe_globals()) if restricted_fallback is None else restricted_fallback
     is_zip = zipfile.is_zipfile(path)
-    if is_zip and not use_fallback:
+    compressed = _zip_compressed(path) if is_zip else False
+    with _native_name(path) as name, contextlib.ExitStack() as stack:
+        def source() -> Any:
+            return name if name is not None else stack.enter_context(open(path, "rb"))
+
+        if is_zip and not use_fallback:
+            try:
+                unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(source())
+            except Exception as exc:  # a damaged pickle: let the load below produce the precise error
+                log.debug("could not scan %s for globals: %s", shown(path), torch_reason(exc))
+                unsafe = []
+            forbidden = [g for g in unsafe if g not in SAFE_GLOBAL_NAMES and _GLOBAL_NAME.fullmatch(g)]
+            if forbidden:
+                raise UnsafeCheckpointError(
+                    f"{shown(path)}: refused to load, the pickle references {', '.join(forbidden)}, which is not on "
+                    f"the data-only allow-list ({', '.join(SAFE_GLOBAL_NAMES[:4])}, ...). Loading it could run code. "
+                    "Use the official files from the model hub, or convert a trusted file yourself in a separate "
+                    "environment.")
         try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        except Exception as exc:  # a damaged archive: let the load below produce the precise error
-            log.debug("could not scan %s for globals: %s", path, exc)
-            unsafe = []
-        forbidden = [g for g in unsafe if g not in SAFE_GLOBAL_NAMES]
-        if forbidden:
-            raise UnsafeCheckpointError(
-                f"{path}: refused to load, the pickle references {', '.join(forbidden)}, which is not on the "
-                f"data-only allow-list ({', '.join(SAFE_GLOBAL_NAMES[:4])}, ...). Loading it could run code. "
-                "Use the official files from the model hub, or convert a trusted file yourself in a separate "
-                "environment.")
-    try:
-        if use_fallback:
-            obj = torch.serialization.load(str(path), map_location="cpu", pickle_module=_RestrictedPickleModule,
-                                           weights_only=False)
-        else:
-            with torch.serialization.safe_globals(_safe_globals()):
-                obj = torch.serialization.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
-    except pickle.UnpicklingError as exc:
-        match = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if match is None and "weights_only" not in str(exc).lower():
-            raise CheckpointError(f"{path}: cannot unpickle this file ({exc}). It is probably truncated or corrupt: "
-                                  "download it again (vspbfr download).") from exc
-        name = match.group(1) if match else "an object outside the allow-list"
-        raise UnsafeCheckpointError(
-            f"{path}: refused to load, the pickle needs {name}, which is not on the data-only allow-list. "
-            "Loading it could run code.") from exc
-    except Exception as exc:  # any other failure of the restricted unpickler means a damaged file
-        raise CheckpointError(
-            f"{path}: cannot read this file as a PyTorch checkpoint ({type(exc).__name__}: {exc}). It is probably "
-            "truncated or corrupt: download it again (vspbfr download).") from exc
+            if use_fallback:
+                obj = torch.serialization.load(source(), map_location="cpu", pickle_module=_RestrictedPickleModule,
+                                               weights_only=False)
+            else:
+                mmap = is_zip and not compressed and name is not None
+                with torch.serialization.safe_globals(_safe_globals()):
+                    obj = torch.serialization.load(source(), map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as exc:  # the unpickler fails on damaged data with every kind of error
+            cause = None if _has_advice(exc) else exc
+            forbidden_name = _refused_global(exc) if isinstance(exc, pickle.UnpicklingError) else None
+            if forbidden_name is not None:
+                raise UnsafeCheckpointError(
+                    f"{shown(path)}: refused to load, the pickle needs {forbidden_name}, which is not on the "
+                    "data-only allow-list. Loading it could run code. Use the official files from the model hub.",
+                ) from cause
+            raise CheckpointError(
+                f"{shown(path)}: cannot read this file as a PyTorch checkpoint ({torch_reason(exc)}). It is probably "
+                "truncated or corrupt: download it again (vspbfr download).") from cause
     if obj is None:
-        raise CheckpointError(f"{path}: the file unpickled to None; it is not a checkpoint (or a host's torch.load "
-                              "wrapper refused it)")
+        raise CheckpointError(f"{shown(path)}: the file unpickled to None; it is not a checkpoint (or a host's "
+                              "torch.load wrapper refused it)")
     return obj
+
+
+def _safetensors_header_metadata(data: bytes, path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors header (for the in-memory fallback; safetensors checks the rest)."""
+    try:
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + size])
+        meta = header.get("__metadata__") or {}
+    except (ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{shown(path)}: not a valid .safetensors file (unreadable header: {exc})") from exc
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
 
 
 def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:
     try:
         from safetensors import safe_open
-        from safetensors.torch import load_file
+        from safetensors.torch import load, load_file
     except ImportError as exc:
-        raise CheckpointError(f"{path}: reading .safetensors needs the 'safetensors' package (pip install safetensors)") from exc
+        raise CheckpointError(f"{shown(path)}: reading .safetensors needs the 'safetensors' package "
+                              "(pip install safetensors)") from exc
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-        return load_file(str(path)), meta
+        with _native_name(path) as name:
+            if name is None:
+                data = path.read_bytes()
+                return load(data), _safetensors_header_metadata(data, path)
+            with safe_open(name, framework="pt") as f:
+                meta = dict(f.metadata() or {})
+            return load_file(name), meta
+    except CheckpointError:
+        raise
     except Exception as exc:  # safetensors raises its own SafetensorError / OSError for bad headers
         raise CheckpointError(
-            f"{path}: not a valid .safetensors file ({exc}). The header or data is damaged or the file is "
-            "incomplete: convert or download it again.") from exc
+            f"{shown(path)}: not a valid .safetensors file ({torch_reason(exc)}). The header or data is damaged or "
+            "the file is incomplete: convert or download it again.") from exc
+
+
+def read_weights_file(path: str | bytes | os.PathLike[str]) -> tuple[Any, dict[str, str]]:
+    """The contents of any weights file, read without running code from it.
+
+    ``.safetensors``: ``(tensor dict, header metadata)``; anything else: ``(the unpickled object, {})`` through
+    the data-only unpickler. Raises :class:`ModelNotFoundError` for a missing file, :class:`UnsafeCheckpointError`
+    for a pickle that names a forbidden global, and :class:`CheckpointError` for every other unreadable file.
+    Used for the VSPBFR networks and the RetinaFace detector alike.
+    """
+    path = as_path(path)
+    _check_exists(path)
+    if path.suffix.lower() == ".safetensors":
+        return _read_safetensors(path)
+    return _torch_load(path), {}
+
+
+#----------------------------------------------------------------------------
+# Tensor checks (dtypes and values)
+
+
+def _dtype_class(t: torch.Tensor) -> str:
+    if t.dtype == torch.bool:
+        return "boolean"
+    if t.is_complex():
+        return "complex"
+    return "floating-point" if t.is_floating_point() else "integer"
+
+
+def count_non_finite(t: torch.Tensor) -> int:
+    """How many NaN / infinite values ``t`` holds (0 for integer tensors).
+
+    One float sum first: a NaN or an infinity makes the sum non-finite, so a finite sum proves the tensor finite;
+    only when it is not (a bad value, or an overflow of large finite values) are the values counted one by one.
+    """
+    if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
+        return 0
+    if bool(torch.isfinite(t.sum())):
+        return 0
+    return int((~torch.isfinite(t)).sum())
+
+
+def check_tensors(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: str | os.PathLike[str],
+                  what: str, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Check the file's tensors for a network's state dict and return them converted for loading.
+
+    ``expected`` is the network's own state dict (shapes are checked before this); the file's tensor for key
+    ``k`` is ``found[prefix + k]``. Rules: a floating-point tensor where the network has a floating-point
+    parameter or buffer, an integer tensor where it has an integer one (booleans and complex numbers match
+    nothing else); every floating-point value finite; BatchNorm ``running_var`` not negative. Raises
+    :class:`CheckpointError` naming the file, the tensors and how many values are bad. Returns
+    ``{k: tensor}``: floating-point tensors in float32, integers in the network's integer dtype.
+    """
+    wrong = []
+    for k, ref in expected.items():
+        t = found[prefix + k]
+        if _dtype_class(t) != _dtype_class(ref):
+            wrong.append(f"{prefix + k!r} is {str(t.dtype).removeprefix('torch.')}, the network expects "
+                         f"{_dtype_class(ref)} values")
+    if wrong:
+        raise CheckpointError(f"{shown(path)}: {len(wrong)} tensor(s) of the {what} network have the wrong dtype "
+                              f"(first: {'; '.join(wrong[:3])}). The file is damaged or not written for this network.")
+    out: dict[str, torch.Tensor] = {}
+    bad: list[str] = []
+    total = 0
+    for k, ref in expected.items():
+        t = found[prefix + k]
+        t = t.float() if t.is_floating_point() else t.to(ref.dtype)
+        n = count_non_finite(t)
+        if n:
+            total += n
+            bad.append(f"{prefix + k!r} ({n} of {t.numel()} values)")
+        elif k.endswith("running_var") and t.numel() and bool((t < 0).any()):
+            raise CheckpointError(f"{shown(path)}: tensor {prefix + k!r} of the {what} network holds "
+                                  f"{int((t < 0).sum())} negative variance(s); the file is damaged: download it again.")
+        out[k] = t
+    if bad:
+        raise CheckpointError(
+            f"{shown(path)}: {len(bad)} tensor(s) of the {what} network hold NaN or infinite values ({total} in all; "
+            f"{', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}). The file is damaged or comes from a diverged "
+            "training run: download it again (vspbfr download).")
+    return out
 
 
 @dataclass
@@ -229,7 +490,7 @@ def _canonicalize(obj: Any, path: Path) -> tuple[StateDict, dict[str, Any]]:
     """Unwrap the official containers into one flat tensor dict."""
     extras: dict[str, Any] = {}
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+        raise CheckpointError(f"{shown(path)}: expected a dict of tensors, found {type(obj).__name__}")
     if isinstance(obj.get("state_dict"), dict) and "latent_avg" in obj:
         sd = dict(obj["state_dict"])
         if isinstance(obj["latent_avg"], torch.Tensor):
@@ -244,34 +505,42 @@ def _canonicalize(obj: Any, path: Path) -> tuple[StateDict, dict[str, Any]]:
         sd = dict(obj["state_dict"])
     else:
         sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    odd = [k for k in sd if not isinstance(k, str)]
+    if odd:
+        raise CheckpointError(f"{shown(path)}: state dict keys must be strings, found "
+                              f"{[repr(k)[:40] for k in odd[:5]]}")
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{path}: entries that are not tensors in the state dict: {bad[:5]}")
+        raise CheckpointError(f"{shown(path)}: entries that are not tensors in the state dict: {bad[:5]}")
     return sd, extras
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
-    """Read any supported file and return its canonical state dict and detected kind."""
-    path = Path(path)
-    _check_exists(path)
+def read_checkpoint(path: str | bytes | os.PathLike[str]) -> RawCheckpoint:
+    """Read any supported file and return its canonical state dict and detected kind.
+
+    A ``.safetensors`` file's ``vspbfr.kind`` must match its keys and its ``vspbfr.configs`` must pass
+    :func:`validate_config_metadata`.
+    """
+    path = as_path(path)
+    obj, meta = read_weights_file(path)
     if path.suffix.lower() == ".safetensors":
-        sd, meta = _read_safetensors(path)
+        sd: StateDict = obj
         extras: dict[str, Any] = {}
     else:
-        sd, extras = _canonicalize(_torch_load(path), path)
-        meta = {}
+        sd, extras = _canonicalize(obj, path)
     kind = detect_kind(sd.keys())
     if kind is None:
         sample = sorted(sd)[:6]
         raise CheckpointError(
-            f"{path}: not a VSPBFR network file. Expected the keys of style_encoder_decoder.pt "
+            f"{shown(path)}: not a VSPBFR network file. Expected the keys of style_encoder_decoder.pt "
             f"('encoder.*' + 'decoder.*' + latent_avg), code_diffuser.pt ('att_mapper.*') or restoration_net.pt "
             f"(g_ema: 'encoder_convs.*', 'conv1.*'); found {len(sd)} keys starting with {sample}.")
     declared = meta.get("vspbfr.kind")
     if declared and declared != kind:
-        raise CheckpointError(f"{path}: metadata says kind {declared!r} but the keys are those of {kind!r}")
+        raise CheckpointError(f"{shown(path)}: metadata says kind {declared!r} but the keys are those of {kind!r}")
+    validate_config_metadata(meta, path, kind)
     return RawCheckpoint(path, kind, sd, meta, extras)
 
 
@@ -286,7 +555,8 @@ def _count(sd: StateDict, pattern: str) -> int:
 
 def _shape(sd: StateDict, key: str, path: Path, kind: str) -> torch.Size:
     if key not in sd:
-        raise CheckpointError(f"{path}: {kind} file is missing the key {key!r} needed to infer its configuration")
+        raise CheckpointError(f"{shown(path)}: {kind} file is missing the key {key!r} needed to infer its "
+                              "configuration")
     return sd[key].shape
 
 
@@ -296,7 +566,7 @@ def _channel_rule(channels: dict[int, int], path: Path, what: str) -> tuple[int,
     cmax = max(channels.values())
     base = channels[top] * top
     if any(min(cmax, base // r) != c for r, c in channels.items()):
-        raise CheckpointError(f"{path}: {what} channel widths {channels} do not follow min(max, base // res)")
+        raise CheckpointError(f"{shown(path)}: {what} channel widths {channels} do not follow min(max, base // res)")
     return base, cmax
 
 
@@ -314,7 +584,7 @@ def infer_encoder_config(sd: StateDict, path: Path, base: StyleEncoderConfig | N
             widths.append(d)
             units.append(1)
     if len(widths) != 4:
-        raise CheckpointError(f"{path}: cannot infer the IR-SE stages from unit widths {depths}")
+        raise CheckpointError(f"{shown(path)}: cannot infer the IR-SE stages from unit widths {depths}")
     fc1 = _shape(sd, "encoder.body.0.res_layer.5.fc1.weight", path, k)
     num_ws = _count(sd, r"encoder\.styles\.(\d+)\.linear\.weight")
     n_convs = [_count(sd, rf"encoder\.styles\.{i}\.convs\.(\d+)\.weight") for i in range(num_ws)]
@@ -363,10 +633,141 @@ def infer_code_diffuser_config(sd: StateDict, path: Path, base: CodeDiffuserConf
 
 
 def _merge(inferred: Any, declared: Any, free_fields: tuple[str, ...]) -> Any:
-    """Take fields that shapes cannot tell from ``declared`` (metadata); shapes win elsewhere."""
+    """Take fields that shapes cannot tell from ``declared`` (a config object); shapes win elsewhere."""
     if declared is None:
         return inferred
     return dataclasses.replace(inferred, **{f: getattr(declared, f) for f in free_fields})
+
+
+#----------------------------------------------------------------------------
+# Configuration metadata of converted files (``vspbfr.configs``)
+
+CONFIG_SECTIONS: dict[str, dict[str, type]] = {
+    "style_encoder_decoder": {"style_encoder": StyleEncoderConfig, "stylegan": StyleGAN2Config},
+    "code_diffuser": {"code_diffuser": CodeDiffuserConfig},
+    "restoration_net": {"restoration_net": RestorationConfig},
+}
+_MAX_INT = 2 ** 31 - 1
+
+
+def _power_of_two_from_8(v: int) -> bool:
+    return v >= 8 and v & (v - 1) == 0
+
+
+# Ranges beyond the defaults (integers 1 .. 2**31 - 1, floats finite and > 0): (test, what the value must be).
+_CONFIG_RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    ("StyleEncoderConfig", "widths"): (lambda v: len(v) == 4, "a list of four stage widths"),
+    ("StyleEncoderConfig", "units"): (lambda v: len(v) == 4, "a list of four unit counts"),
+    ("StyleEncoderConfig", "input_resolution"): (lambda v: v >= 32 and v % 16 == 0, "a multiple of 16, at least 32"),
+    ("StyleGAN2Config", "resolution"): (_power_of_two_from_8, "a power of two, at least 8"),
+    ("RestorationConfig", "resolution"): (_power_of_two_from_8, "a power of two, at least 8"),
+    ("CodeDiffuserConfig", "timesteps"): (lambda v: v <= 10_000, "between 1 and 10000 diffusion steps"),
+    ("CodeDiffuserConfig", "attn_tokens"): (lambda v: v <= 1_000_000, "between 1 and 1000000 tokens"),
+    ("CodeDiffuserConfig", "linear_start"): (lambda v: v <= 1.0, "a noise level in (0, 1]"),
+    ("CodeDiffuserConfig", "linear_end"): (lambda v: v <= 1.0, "a noise level in (0, 1]"),
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _field_problem(cls: type, name: str, annotation: str, value: Any) -> str | None:
+    """Why ``value`` is not valid for field ``name`` of config class ``cls`` (None when it is)."""
+    if annotation == "bool":
+        return None if isinstance(value, bool) else "must be true or false"
+    if annotation == "int":
+        if not _is_int(value):
+            return "must be an integer"
+        if not 1 <= value <= _MAX_INT:
+            return f"must be a positive integer (1 .. {_MAX_INT})"
+    elif annotation == "float":
+        if not (_is_int(value) or isinstance(value, float)):
+            return "must be a number"
+        if not (math.isfinite(value) and value > 0):
+            return "must be a finite number greater than 0"
+    elif annotation.startswith("tuple[int"):
+        if not isinstance(value, list) or not all(_is_int(v) for v in value):
+            return "must be a list of integers"
+        if not all(1 <= v <= _MAX_INT for v in value):
+            return "must hold positive integers"
+    rule = _CONFIG_RULES.get((cls.__name__, name))
+    if rule is not None and not rule[0](value):
+        return f"must be {rule[1]}"
+    return None
+
+
+def validate_config_metadata(metadata: dict[str, str], path: str | os.PathLike[str], kind: str
+                             ) -> dict[str, dict[str, Any]]:
+    """The checked ``vspbfr.configs`` metadata of a converted file: ``{section: {field: value}}``.
+
+    The JSON must be an object whose sections are those of ``kind`` (``style_encoder`` + ``stylegan``,
+    ``code_diffuser`` or ``restoration_net``), each an object of known fields with values of the field's type
+    (integers, numbers, lists of integers, booleans) and in range: integers at least 1 (at least one diffusion
+    step, positive token counts and widths), numbers finite and greater than 0 (learning-rate multipliers, noise
+    levels, the latter at most 1), resolutions powers of two. Raises :class:`CheckpointError` naming the file,
+    the field and the value; this runs before any network is built. Lists come back as tuples.
+    """
+    raw = metadata.get("vspbfr.configs")
+    if raw is None or raw == "":
+        return {}
+    where = f"{shown(path)}: metadata 'vspbfr.configs'"
+    advice = "The metadata is damaged or was edited: convert the official .pt file again (vspbfr convert)."
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{where} is not valid JSON ({exc}). {advice}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where} must be a JSON object of configurations, found {type(data).__name__} "
+                              f"{_short(data)}. {advice}")
+    sections = CONFIG_SECTIONS.get(kind, {})
+    out: dict[str, dict[str, Any]] = {}
+    for section, values in data.items():
+        cls = sections.get(section)
+        if cls is None:
+            raise CheckpointError(f"{where}: unknown section {section!r} = {_short(values)} for a {kind} file "
+                                  f"(expected: {', '.join(sections) or 'none'}). {advice}")
+        if not isinstance(values, dict):
+            raise CheckpointError(f"{where}: section {section!r} must be a JSON object, found "
+                                  f"{type(values).__name__} {_short(values)}. {advice}")
+        fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        checked: dict[str, Any] = {}
+        for name, value in values.items():
+            if name not in fields:
+                raise CheckpointError(f"{where}: unknown field {section}.{name} = {_short(value)} "
+                                      f"(known: {', '.join(fields)}). {advice}")
+            problem = _field_problem(cls, name, fields[name], value)
+            if problem:
+                raise CheckpointError(f"{where}: field {section}.{name} = {_short(value)} {problem}. {advice}")
+            checked[name] = tuple(value) if isinstance(value, list) else value
+        validate = getattr(cls(**checked), "validate", None)
+        if validate is not None:
+            try:
+                validate()
+            except ValueError as exc:
+                raise CheckpointError(f"{where}: section {section!r} = {_short(values)}: {exc}. {advice}") from exc
+        out[section] = checked
+    return out
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A JSON value for a message, cut to ``limit`` characters (tuples written as lists)."""
+    text = json.dumps(list(value) if isinstance(value, tuple) else value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _merge_declared(inferred: Any, declared: dict[str, Any] | None, free_fields: tuple[str, ...], path: Path,
+           section: str) -> Any:
+    """Take fields that shapes cannot tell from the declared metadata; the others must agree with the shapes."""
+    if not declared:
+        return inferred
+    for name, value in declared.items():
+        if name not in free_fields and getattr(inferred, name) != value:
+            raise CheckpointError(
+                f"{shown(path)}: metadata 'vspbfr.configs' field {section}.{name} = {_short(value)}, but the "
+                f"tensors give {_short(getattr(inferred, name))}: the metadata does not describe this file. "
+                "Convert the official .pt file again (vspbfr convert).")
+    return dataclasses.replace(inferred, **{f: declared[f] for f in free_fields if f in declared})
 
 
 #----------------------------------------------------------------------------
@@ -406,7 +807,7 @@ def _strict_load(net: nn.Module, sd: StateDict, kernels: StateDict, path: Path, 
             parts.append(f"{len(unexpected)} unexpected keys (first: {unexpected[:5]})")
         if shape_bad:
             parts.append(f"{len(shape_bad)} shape mismatches (first: {shape_bad[:3]})")
-        raise CheckpointError(f"{path}: does not fit the {kind} network: " + "; ".join(parts)
+        raise CheckpointError(f"{shown(path)}: does not fit the {kind} network: " + "; ".join(parts)
                               + ". The file is damaged, from another model, or needs a different configuration.")
     for key, value in kernels.items():
         if not key.startswith(prefix):
@@ -414,17 +815,15 @@ def _strict_load(net: nn.Module, sd: StateDict, kernels: StateDict, path: Path, 
         try:
             ours = net.get_buffer(key[len(prefix):])
         except AttributeError as exc:
-            raise CheckpointError(f"{path}: unexpected FIR kernel {key!r} for the {kind} network") from exc
+            raise CheckpointError(f"{shown(path)}: unexpected FIR kernel {key!r} for the {kind} network") from exc
         if ours.shape != value.shape or not torch.allclose(ours.float(), value.float().cpu(), atol=1e-7):
-            raise CheckpointError(f"{path}: FIR kernel {key!r} differs from the [1,3,3,1] kernel this network uses")
-    local = {}
-    for k in expected:
-        t = sd[prefix + k]
-        local[k] = t.float() if t.is_floating_point() else t
+            raise CheckpointError(f"{shown(path)}: FIR kernel {key!r} differs from the [1,3,3,1] kernel this network "
+                                  "uses")
+    local = check_tensors(sd, expected, path, kind, prefix)
     net.load_state_dict(local, strict=True, assign=True)
     left = [n for n, t in list(net.named_parameters()) + list(net.named_buffers()) if t.is_meta]
     if left:
-        raise CheckpointError(f"{path}: internal error, tensors left uninitialised after loading: {left[:5]}")
+        raise CheckpointError(f"{shown(path)}: internal error, tensors left uninitialised after loading: {left[:5]}")
     net.eval().requires_grad_(False)
 
 
@@ -443,79 +842,82 @@ class LoadedCheckpoint:
     metadata: dict[str, str]
 
 
-def _declared_configs(meta: dict[str, str]) -> dict[str, dict[str, Any]]:
-    raw = meta.get("vspbfr.configs")
-    if not raw:
-        return {}
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"invalid vspbfr.configs metadata: {exc}") from exc
-
-
-def _config_from_dict(cls: type, data: dict[str, Any] | None) -> Any:
-    if data is None:
-        return None
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
-    return cls(**kwargs)
-
-
-def load_state_dict_kind(sd: StateDict, kind: CheckpointKind, path: str | os.PathLike[str] = "<memory>",
+def load_state_dict_kind(sd: StateDict, kind: CheckpointKind, path: str | bytes | os.PathLike[str] = "<memory>",
                          metadata: dict[str, str] | None = None) -> LoadedCheckpoint:
-    """Build and strictly load the networks of ``kind`` from a canonical flat state dict."""
-    path = Path(path)
+    """Build and strictly load the networks of ``kind`` from a canonical flat state dict.
+
+    Order: the ``vspbfr.configs`` metadata is validated (:func:`validate_config_metadata`) before anything is
+    built; configs are inferred from the shapes (declared fields that shapes determine must agree with them);
+    each network is built on the meta device and gets the file's tensors after the key, shape, dtype and
+    NaN / Inf checks of :func:`check_tensors`.
+    """
+    path = as_path(path)
     metadata = metadata or {}
-    declared = _declared_configs(metadata)
+    declared = validate_config_metadata(metadata, path, kind)
     kept, kernels = _split_kernels_and_unused(sd)
     nets: dict[str, nn.Module] = {}
     if kind == "style_encoder_decoder":
-        enc_cfg = infer_encoder_config(kept, path, _config_from_dict(StyleEncoderConfig, declared.get("style_encoder")))
-        sg_cfg = infer_stylegan_config(kept, path)
+        enc_cfg = _merge_declared(infer_encoder_config(kept, path), declared.get("style_encoder"), (), path,
+                                  "style_encoder")
+        sg_cfg = _merge_declared(infer_stylegan_config(kept, path), declared.get("stylegan"), (), path, "stylegan")
         if enc_cfg.num_ws < sg_cfg.num_ws:
-            raise CheckpointError(f"{path}: encoder gives {enc_cfg.num_ws} W+ rows, the decoder needs {sg_cfg.num_ws}")
+            raise CheckpointError(f"{shown(path)}: encoder gives {enc_cfg.num_ws} W+ rows, the decoder needs "
+                                  f"{sg_cfg.num_ws}")
         if "latent_avg" not in kept:
-            raise CheckpointError(f"{path}: style_encoder_decoder file has no 'latent_avg' (needed: start_from_latent_avg)")
+            raise CheckpointError(f"{shown(path)}: style_encoder_decoder file has no 'latent_avg' (needed: "
+                                  "start_from_latent_avg)")
         avg = kept.pop("latent_avg")
+        check_tensors({"latent_avg": avg}, {"latent_avg": torch.empty(0, device="meta")}, path, kind)
         if avg.shape[-1] != enc_cfg.w_dim or avg.numel() not in (enc_cfg.w_dim, enc_cfg.num_ws * enc_cfg.w_dim):
-            raise CheckpointError(f"{path}: latent_avg has shape {tuple(avg.shape)}, expected [{enc_cfg.num_ws}, "
+            raise CheckpointError(f"{shown(path)}: latent_avg has shape {tuple(avg.shape)}, expected "
+                                  f"[{enc_cfg.num_ws}, "
                                   f"{enc_cfg.w_dim}], [1, {enc_cfg.w_dim}] or [{enc_cfg.w_dim}]")
         kept["encoder.latent_avg"] = avg.reshape(-1, enc_cfg.w_dim).expand(enc_cfg.num_ws, -1).contiguous()
         enc_sd = {k: v for k, v in kept.items() if k.startswith("encoder.")}
         dec_sd = {k: v for k, v in kept.items() if k.startswith("decoder.")}
         stray = [k for k in kept if not k.startswith(("encoder.", "decoder."))]
         if stray:
-            raise CheckpointError(f"{path}: unexpected keys in a style_encoder_decoder file: {stray[:5]}")
+            raise CheckpointError(f"{shown(path)}: unexpected keys in a style_encoder_decoder file: {stray[:5]}")
         enc = _build(StyleEncoder, enc_cfg)
         _strict_load(enc, enc_sd, kernels, path, kind + " (encoder)", "encoder.")
         dec = _build(StyleGAN2Synthesis, sg_cfg)
         _strict_load(dec, dec_sd, kernels, path, kind + " (decoder)", "decoder.")
         nets = {"style_encoder": enc, "stylegan": dec}
     elif kind == "code_diffuser":
-        cfg = infer_code_diffuser_config(kept, path, _config_from_dict(CodeDiffuserConfig, declared.get("code_diffuser")))
+        cfg = _merge_declared(infer_code_diffuser_config(kept, path), declared.get("code_diffuser"),
+                              ("timesteps", "attn_tokens", "linear_start", "linear_end"), path, "code_diffuser")
         net = _build(CodeDiffuser, cfg)
         _strict_load(net, kept, kernels, path, kind)
         nets = {"code_diffuser": net}
     elif kind == "restoration_net":
-        cfg = infer_restoration_config(kept, path, _config_from_dict(RestorationConfig, declared.get("restoration_net")))
+        cfg = _merge_declared(infer_restoration_config(kept, path), declared.get("restoration_net"), ("lr_mlp",), path,
+                              "restoration_net")
         net = _build(RestorationNet, cfg)
         _strict_load(net, kept, kernels, path, kind)
         nets = {"restoration_net": net}
     else:
-        raise CheckpointError(f"{path}: unknown checkpoint kind {kind!r}")
+        raise CheckpointError(f"{shown(path)}: unknown checkpoint kind {kind!r}")
     return LoadedCheckpoint(path, kind, nets, {n: m.config for n, m in nets.items()}, metadata)
 
 
-def load_checkpoint(path: str | os.PathLike[str], expect: CheckpointKind | None = None) -> LoadedCheckpoint:
-    """Read, detect, infer and strictly load one model file (official ``.pt`` or converted ``.safetensors``)."""
+def load_checkpoint(path: str | bytes | os.PathLike[str], expect: CheckpointKind | None = None) -> LoadedCheckpoint:
+    """Read, detect, infer and strictly load one model file (official ``.pt`` or converted ``.safetensors``).
+
+    Every refusal is a :class:`CheckpointError` naming the file (and the tensor or metadata field): missing,
+    unreadable, damaged (truncated, random bytes, a zip member whose CRC fails), a pickle naming a forbidden
+    global (:class:`UnsafeCheckpointError`, raised for nothing else), wrong kind, wrong keys, shapes or dtypes,
+    NaN / Inf values, invalid configuration metadata. Compressed (deflate) zip checkpoints load (without
+    ``mmap``); paths may hold bytes that are not UTF-8. Nothing is ever left with random weights.
+    """
     raw = read_checkpoint(path)
     if expect is not None and raw.kind != expect:
-        raise CheckpointError(f"{raw.path}: this is a {raw.kind} file, but a {expect} file was expected "
+        raise CheckpointError(f"{shown(raw.path)}: this is a {raw.kind} file, but a {expect} file was expected "
                               f"(official name {OFFICIAL_FILES[expect]}). Check which file you selected.")
     if raw.kind == "style_encoder_decoder":
         opts = raw.extras.get("opts") or {}
         if isinstance(opts, dict) and opts.get("start_from_latent_avg") is False:
-            raise CheckpointError(f"{raw.path}: opts.start_from_latent_avg is False; VSPBFR's encoder needs latent_avg")
+            raise CheckpointError(f"{shown(raw.path)}: opts.start_from_latent_avg is False; VSPBFR's encoder needs "
+                                  "latent_avg")
     return load_state_dict_kind(raw.state_dict, raw.kind, raw.path, raw.metadata)
 
 
@@ -523,14 +925,108 @@ def load_checkpoint(path: str | os.PathLike[str], expect: CheckpointKind | None 
 # Conversion
 
 
-def convert_checkpoint(src: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+def check_out_dir(out_dir: Path) -> None:
+    """A clear :class:`OutputError` unless ``out_dir`` is a writable folder or can be created as one.
+
+    An existing folder is probed by creating (exclusively) and removing a temporary file in it; for a folder that
+    does not exist yet, its nearest existing ancestor must be a folder (nothing is written outside ``out_dir``).
+    """
+    if out_dir.exists() or out_dir.is_symlink():
+        if not out_dir.is_dir():
+            raise OutputError(f"output folder {shown(out_dir)} exists and is not a folder (a file?): give a folder "
+                              "with -o")
+        try:
+            fd, probe = _exclusive_temp(out_dir, "probe")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise OutputError(f"cannot write into the output folder {shown(out_dir)} ({exc.strerror or exc}): "
+                              "check its permissions or choose another folder with -o") from exc
+        return
+    for parent in out_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"cannot create the output folder {shown(out_dir)}: {shown(parent)} is a file")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputError(f"cannot create the output folder {shown(out_dir)}: {shown(parent)} is not "
+                                  "writable (check its permissions or choose another folder with -o)")
+            return
+
+
+def _exclusive_temp(folder: Path, stem: str) -> tuple[int, Path]:
+    """Create a new, short, hidden ``.part`` file in ``folder`` exclusively (never through an existing name or
+    symlink); returns ``(fd, path)``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(16):
+        path = folder / f".{stem[:24]}-{secrets.token_hex(4)}.part"
+        try:
+            return os.open(path, flags, 0o644), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {shown(folder)}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _write_new_file(data: bytes, dst: Path) -> None:
+    """Write ``data`` to ``dst`` through an exclusive temporary file in the same folder, then rename it into place
+    (a symlink at ``dst`` is replaced, not followed); on any failure nothing is left behind."""
+    folder = dst.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder {shown(folder)} ({exc.strerror or exc}): check its "
+                          "permissions or choose another folder with -o") from exc
+    try:
+        fd, tmp = _exclusive_temp(folder, dst.stem)
+    except OSError as exc:
+        raise OutputError(f"cannot write into the output folder {shown(folder)} ({exc.strerror or exc}): check its "
+                          "permissions or choose another folder with -o") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OutputError(f"cannot write {shown(dst)} in the output folder {shown(folder)} ({exc.strerror or exc}); "
+                          "nothing was written") from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def convert_checkpoint(src: str | bytes | os.PathLike[str], out_dir: str | bytes | os.PathLike[str], *,
+                       protect: Collection[str | os.PathLike[str]] = ()) -> Path:
     """Write ``<official stem>.safetensors`` with only the tensors inference loads, plus metadata.
 
-    The file is checked by a strict load before it is written and written atomically.
+    The file is checked by a strict load before anything is written, and written atomically through an
+    exclusive, short-named temporary file in ``out_dir`` (see :func:`_write_new_file`). Refused with
+    :class:`OutputError` (nothing written): ``out_dir`` is an existing file, cannot be created or written; the
+    output would replace ``src`` itself or one of ``protect`` (the other inputs and the outputs already written
+    by a batch conversion).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
+    src, out_dir = as_path(src), as_path(out_dir)
+    check_out_dir(out_dir)
     loaded = load_checkpoint(src)
+    dst = out_dir / (Path(OFFICIAL_FILES[loaded.kind]).stem + ".safetensors")
+    if _same_file(dst, src):
+        raise OutputError(f"{shown(src)}: converting it would overwrite the input file itself ({shown(dst)}); "
+                          "choose another output folder with -o")
+    clash = next((as_path(p) for p in protect if _same_file(dst, as_path(p))), None)
+    if clash is not None:
+        raise OutputError(f"{shown(src)}: converting it would overwrite {shown(clash)}, an input or an output of "
+                          f"this conversion (two {loaded.kind} files?); convert them into separate folders")
     tensors: StateDict = {}
     if loaded.kind == "style_encoder_decoder":
         for name, prefix in (("style_encoder", "encoder."), ("stylegan", "decoder.")):
@@ -546,13 +1042,8 @@ def convert_checkpoint(src: str | os.PathLike[str], out_dir: str | os.PathLike[s
         "format": FORMAT_TAG,
         "vspbfr.kind": loaded.kind,
         "vspbfr.configs": json.dumps(configs, sort_keys=True),
-        "source_file": Path(src).name,
+        "source_file": shown(src.name),
         "source_sha256": file_sha256(src),
     }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dst = out_dir / (Path(OFFICIAL_FILES[loaded.kind]).stem + ".safetensors")
-    tmp = dst.with_name(dst.name + ".part")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, dst)
+    _write_new_file(save(tensors, metadata=meta), dst)
     return dst

@@ -219,10 +219,10 @@ def verify_model_file(path: str | os.PathLike[str], kind: str) -> None:
         raise DownloadError(f"cannot verify {path}: unknown kind {kind!r}")
     import torch
 
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        raise DownloadError(f"{path}: not a loadable PyTorch weights file ({type(exc).__name__}: {exc})") from exc
+    from .checkpoints import count_non_finite, read_weights_file
+
+    # the loader of the networks: no code runs, damaged files are CheckpointErrors without torch's weights_only advice
+    obj, _ = read_weights_file(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -237,6 +237,11 @@ def verify_model_file(path: str | os.PathLike[str], kind: str) -> None:
         other = next((d for d, b in _RETINAFACE_BODY.items() if any(k.startswith(b) for k in keys)), "another")
         raise DownloadError(f"{path}: this is a RetinaFace {other} detector, expected {kind} "
                             f"({DETECTOR_FILES[kind]}); the file is misnamed")
+    bad = [(k, n) for k, v in obj.items() if (n := count_non_finite(v))]
+    if bad:
+        listed = ", ".join(f"{k!r} ({n} values)" for k, n in bad[:4])
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) of the {kind} detector hold NaN or infinite values "
+                              f"({listed}); the file is damaged: download it again (vspbfr download).")
 
 
 def _hash_problem(spec: RemoteFile, digest: str, expected_sha: str | None) -> str | None:

@@ -35,3 +35,8 @@ class DownloadError(VSPBFRError):
 
     The message names the URL, the target folder and what to do next (retry, a mirror, or a manual download).
     """
+
+
+class OutputError(VSPBFRError):
+    """An output cannot be written where it was asked for: the output folder is a file, cannot be created or
+    written, or the output would replace an input. Nothing is written in that case."""

@@ -4,7 +4,12 @@ Lists, for each network, the converted ``.safetensors`` and the official ``.pt``
 detected from the keys), the RetinaFace detector files, and interrupted downloads (``*.part``). Kinds are read
 from the keys only (``.safetensors``: the header; ``.pt``: :func:`vspbfr_core.checkpoints.read_checkpoint`);
 ``--check`` also compares sizes and sha256 with the known values and the download record, and loads every file
-strictly. The exit status is 0 when every network and a detector are usable.
+strictly (keys, shapes, dtypes, NaN / Inf values, configuration metadata: each problem names the file and the
+tensor or field). The exit status is 0 when every network and a detector are usable.
+
+A MODEL_DIR (or ``--detector-dir``) that exists but is not a folder, or cannot be listed (no permission), is an
+error (exit 1) naming it; a MODEL_DIR that does not exist is reported as such (exit 1). Names that are not UTF-8
+are printed with ``\\xNN`` escapes.
 """
 from __future__ import annotations
 
@@ -47,21 +52,29 @@ class ModelFileInfo:
 def _safetensors_kind(path: Path) -> str:
     from safetensors import safe_open
 
-    from ..checkpoints import detect_kind
+    from ..checkpoints import _native_name, detect_kind, torch_reason, validate_config_metadata
     from ..errors import CheckpointError
 
     try:
-        with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-            meta = dict(f.metadata() or {})
+        with _native_name(path) as name:
+            if name is None:   # no /proc on this system: the full reader copes with any name
+                from ..checkpoints import read_checkpoint
+
+                return read_checkpoint(path).kind
+            with safe_open(name, framework="pt") as f:
+                keys = list(f.keys())
+                meta = dict(f.metadata() or {})
+    except CheckpointError:
+        raise
     except Exception as exc:  # safetensors raises its own error types for damaged headers
-        raise CheckpointError(f"not a valid .safetensors file ({exc})") from exc
+        raise CheckpointError(f"not a valid .safetensors file ({torch_reason(exc)})") from exc
     kind = detect_kind(keys)
     if kind is None:
         raise CheckpointError(f"not a VSPBFR network file ({len(keys)} keys starting with {sorted(keys)[:3]})")
     declared = meta.get("vspbfr.kind")
     if declared and declared != kind:
         raise CheckpointError(f"metadata says {declared!r} but the keys are those of {kind!r}")
+    validate_config_metadata(meta, path, kind)
     return kind
 
 
@@ -74,30 +87,63 @@ def _network_kind(path: Path) -> str:
 
 
 def _check(path: Path, role: str, detector: str | None, records: dict) -> None:
-    """Raise a VSPBFRError unless the file matches what is known and loads strictly."""
+    """Raise a VSPBFRError unless the file matches what is known (size, sha256, download record) and loads strictly.
+
+    Both are checked and every failure is reported: a wrong hash and the tensor a load refuses.
+    """
     from ..download import check_present_file, detector_remote_file, verify_model_file, vspbfr_remote_files
-    from ..errors import CheckpointError
+    from ..errors import CheckpointError, VSPBFRError
 
     kind = detector if role == "detector" else role
     assert kind is not None
+    problems: list[str] = []
     if path.suffix == ".pt" or role == "detector":
         spec = detector_remote_file(kind) if role == "detector" else \
             next(s for s in vspbfr_remote_files() if s.kind == kind)
-        problem, _ = check_present_file(spec, path, records)   # loads it when no sha256 is known or recorded
-        if problem:
-            raise CheckpointError(problem)
-        if not (spec.sha256 or spec.sha256_affixes or spec.name in records):
-            return
-    verify_model_file(path, kind)
+        if spec.size is not None or spec.sha256 or spec.sha256_affixes or spec.name in records:
+            problem, _ = check_present_file(spec, path, records)
+            if problem:
+                problems.append(problem)
+    try:
+        verify_model_file(path, kind)
+    except VSPBFRError as exc:
+        problems.append(f"does not load: {exc}" if problems else str(exc))
+    if problems:
+        raise CheckpointError("; ".join(problems))
+
+
+def _check_folder(folder: Path, what: str) -> None:
+    """An :class:`InputError` unless ``folder`` (when it exists) is a folder this process can list."""
+    from ..checkpoints import shown
+    from ..errors import InputError
+
+    if not (folder.exists() or folder.is_symlink()):
+        return
+    if not folder.is_dir():
+        raise InputError(f"{what} {shown(folder)} is not a folder (a file?): give the folder that holds the model "
+                         "files")
+    try:
+        with os.scandir(folder) as entries:
+            next(entries, None)
+    except OSError as exc:
+        raise InputError(f"cannot read the {what} {shown(folder)} ({exc.strerror or exc}): check its permissions "
+                         "(it must be readable and searchable)") from exc
 
 
 def inspect_models_dir(folder: str | os.PathLike[str], detector_dir: str | os.PathLike[str] | None = None,
                        check: bool = False) -> list[ModelFileInfo]:
-    """The inventory of ``folder`` (and ``detector_dir``): one row per expected file and per ``*.part`` file."""
+    """The inventory of ``folder`` (and ``detector_dir``): one row per expected file and per ``*.part`` file.
+
+    Raises :class:`InputError` when a folder exists but is not a folder or cannot be listed.
+    """
+    from ..checkpoints import as_path
     from ..download import read_download_records
     from ..errors import VSPBFRError
 
-    folder = Path(folder)
+    folder = as_path(folder)
+    _check_folder(folder, "models folder")
+    if detector_dir is not None:
+        _check_folder(as_path(detector_dir), "detector folder")
     rows: list[ModelFileInfo] = []
     records = read_download_records(folder)
     for kind in NETWORK_KINDS:
@@ -118,7 +164,7 @@ def inspect_models_dir(folder: str | os.PathLike[str], detector_dir: str | os.Pa
             except VSPBFRError as exc:
                 row.problem = str(exc)
             rows.append(row)
-    det_dirs = [Path(detector_dir)] if detector_dir is not None else []
+    det_dirs = [as_path(detector_dir)] if detector_dir is not None else []
     det_dirs.append(folder)
     for det, name in DETECTOR_FILES.items():
         found = next((d / name for d in det_dirs if (d / name).is_file()), None)
@@ -156,6 +202,7 @@ def _usable(row: ModelFileInfo, check: bool) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..checkpoints import shown
     from ..paths import locate_models_dir
 
     folder, origin = locate_models_dir(args.model_dir)
@@ -173,9 +220,9 @@ def run(args: argparse.Namespace) -> int:
 
     origin_text = {"argument": "MODEL_DIR", "environment": "$VSPBFR_MODELS", "default": "per-user default"}[origin]
     exists = "" if folder.is_dir() else ", does not exist"
-    print(f"models folder: {folder} ({origin_text}{exists})")
+    print(f"models folder: {shown(folder)} ({origin_text}{exists})")
     if args.detector_dir:
-        print(f"detector folder: {args.detector_dir}")
+        print(f"detector folder: {shown(args.detector_dir)}")
     print(f"{'FILE':<36} {'STATE':<10} {'SIZE':>9}  KIND")
     for r in rows:
         kind = r.kind or ""
@@ -186,14 +233,14 @@ def run(args: argparse.Namespace) -> int:
             line += "  [check ok]"
         if r.problem:
             line += f"  [PROBLEM: {r.problem}]"
-        print(line)
+        print(shown(line))
     for kind, row in chosen.items():
         if row is not None:
             print(f"{kind}: uses {row.name}" + ("" if networks_ok[kind] else " (which has a problem: fix or remove it)"))
     missing = [k for k, good in networks_ok.items() if not good]
     if missing or not detectors:
         what = missing + ([] if detectors else ["a face detector"])
-        print(f"missing or unusable: {', '.join(what)}. Get the files with `vspbfr download --to {folder}`.")
+        print(f"missing or unusable: {', '.join(what)}. Get the files with `vspbfr download --to {shown(folder)}`.")
     elif failed:
         print(f"{len(failed)} file(s) with problems (see above), though every network and a detector are usable.")
     else:

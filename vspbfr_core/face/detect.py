@@ -201,24 +201,18 @@ def find_detector_file(name: str, model_dir: ModelDirs) -> Path:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-            obj: Any = load_file(str(path))
-        else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except ImportError as exc:
-        raise CheckpointError(f"{path}: reading .safetensors needs the 'safetensors' package") from exc
-    except Exception as exc:  # torch / safetensors raise several types for damaged or unsafe files
-        raise CheckpointError(
-            f"{path}: cannot read this file as detector weights ({type(exc).__name__}: {exc}). It is probably "
-            "truncated, corrupt or not a plain tensor file: download it again.") from exc
+    """The tensors of a detector file, read like the VSPBFR networks (:func:`vspbfr_core.checkpoints.read_weights_file`:
+    no code ever runs, damaged files are clear errors, deflated zips and non-UTF-8 names load)."""
+    from ..checkpoints import read_weights_file, shown
+
+    obj, _ = read_weights_file(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a dict of tensors (a RetinaFace state dict), "
-                              f"found {type(obj).__name__}")
-    if obj and all(k.startswith("module.") for k in obj):
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in obj.items()):
+        found = "an empty dict" if isinstance(obj, dict) and not obj else type(obj).__name__
+        raise CheckpointError(f"{shown(path)}: expected a dict of tensors (a RetinaFace state dict), found {found}")
+    if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
 
@@ -235,11 +229,19 @@ def load_detector(name: str, model_dir: ModelDirs, device: torch.device | str = 
     return load_detector_file(name, find_detector_file(name, model_dir), device)
 
 
-def load_detector_file(name: str, path: str | os.PathLike[str], device: torch.device | str = "cpu"
+def load_detector_file(name: str, path: str | bytes | os.PathLike[str], device: torch.device | str = "cpu"
                        ) -> RetinaFaceDetector:
-    """Like :func:`load_detector`, for one explicit file."""
+    """Like :func:`load_detector`, for one explicit file.
+
+    Strict: the keys and shapes of ``name``'s network, floating-point tensors where it has floating-point ones
+    (integers for the BatchNorm counters), no NaN / Inf value and no negative BatchNorm variance
+    (:func:`vspbfr_core.checkpoints.check_tensors`). Each refusal is a :class:`CheckpointError` naming the file
+    and the tensor, raised here rather than turning into "0 faces" later.
+    """
+    from ..checkpoints import as_path, check_tensors, shown
+
     name = canonical_detector_name(name)
-    path = Path(path)
+    path = as_path(path)
     sd = _read_state_dict(path)
     with torch.device("meta"):
         net = RetinaFaceDetector(DETECTOR_CONFIGS[name], name)
@@ -249,18 +251,17 @@ def load_detector_file(name: str, path: str | os.PathLike[str], device: torch.de
     if missing or unexpected:
         other = [n for n, cfg in DETECTOR_CONFIGS.items() if n != name]
         raise CheckpointError(
-            f"{path}: not the weights of {name}: {len(missing)} missing keys {missing[:4]}, {len(unexpected)} "
+            f"{shown(path)}: not the weights of {name}: {len(missing)} missing keys {missing[:4]}, {len(unexpected)} "
             f"unexpected keys {unexpected[:4]}. Is it the file of {other[0]}?")
     shapes = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in net.state_dict().items() if sd[k].shape != v.shape]
     if shapes:
-        raise CheckpointError(f"{path}: tensor shapes do not fit {name}: {shapes[:3]} (file, network)")
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
-                        strict=True, assign=True)
+        raise CheckpointError(f"{shown(path)}: tensor shapes do not fit {name}: {shapes[:3]} (file, network)")
+    net.load_state_dict(check_tensors(sd, net.state_dict(), path, name), strict=True, assign=True)
     net.mean_bgr = torch.tensor(net.config.mean_bgr).view(1, 3, 1, 1)
     left = [k for k, t in list(net.named_parameters()) + list(net.named_buffers()) if t.is_meta]
     if left:
-        raise CheckpointError(f"{path}: tensors left uninitialised after loading: {left[:4]}")
-    log.debug("loaded %s from %s", name, path)
+        raise CheckpointError(f"{shown(path)}: tensors left uninitialised after loading: {left[:4]}")
+    log.debug("loaded %s from %s", name, shown(path))
     return net.eval().requires_grad_(False).to(device)
 
 
