@@ -230,7 +230,7 @@ def test_restricted_unpickler_fallback_for_old_torch(tiny_files: dict[str, Path]
     """PyTorch < 2.5 has no safe_globals: the restricted-unpickler path must load the same and refuse the same."""
     import numpy as np
 
-    from vspbfr_core.checkpoints import _torch_load
+    from vspbfr_core.weights_file import _torch_load
 
     obj = torch.load(tiny_files["restoration_net"], weights_only=False)
     obj["best_fid"] = np.float64(1.5)

@@ -34,6 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import vspbfr_core.checkpoints as ckpt
+import vspbfr_core.weights_file as weights_file
 import vspbfr_core.commands.convert  # noqa: F401  (imported before any test drops privileges in a child)
 import vspbfr_core.commands.info as info_cmd
 import vspbfr_core.download  # noqa: F401  (idem)
@@ -486,7 +487,7 @@ def test_convert_with_non_utf8_names(refs: Refs, tmp_path: Path) -> None:
     dst = convert_checkpoint(src, out)
     assert dst.parent == out
     _assert_same(_tensors(load_checkpoint(dst)), refs.expected[W])
-    with ckpt._native_name(dst) as name, safe_open(name, framework="pt") as f:
+    with weights_file._native_name(dst) as name, safe_open(name, framework="pt") as f:
         assert f.metadata()["source_file"] == "net-\\xfe\\xff.pt"
 
 

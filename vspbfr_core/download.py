@@ -219,7 +219,7 @@ def verify_model_file(path: str | os.PathLike[str], kind: str) -> None:
         raise DownloadError(f"cannot verify {path}: unknown kind {kind!r}")
     import torch
 
-    from .checkpoints import count_non_finite, read_weights_file
+    from .weights_file import count_non_finite, read_weights_file
 
     # the loader of the networks: no code runs, damaged files are CheckpointErrors without torch's weights_only advice
     obj, _ = read_weights_file(path)

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoints import as_path, check_out_dir, convert_checkpoint, shown
+    from ..checkpoints import check_out_dir, convert_checkpoint
+    from ..weights_file import as_path, shown
     from ..errors import OutputError
 
     if not args.out:

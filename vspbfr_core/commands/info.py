@@ -52,7 +52,8 @@ class ModelFileInfo:
 def _safetensors_kind(path: Path) -> str:
     from safetensors import safe_open
 
-    from ..checkpoints import _native_name, detect_kind, torch_reason, validate_config_metadata
+    from ..checkpoints import detect_kind, validate_config_metadata
+    from ..weights_file import _native_name, torch_reason
     from ..errors import CheckpointError
 
     try:
@@ -114,7 +115,7 @@ def _check(path: Path, role: str, detector: str | None, records: dict) -> None:
 
 def _check_folder(folder: Path, what: str) -> None:
     """An :class:`InputError` unless ``folder`` (when it exists) is a folder this process can list."""
-    from ..checkpoints import shown
+    from ..weights_file import shown
     from ..errors import InputError
 
     if not (folder.exists() or folder.is_symlink()):
@@ -136,7 +137,7 @@ def inspect_models_dir(folder: str | os.PathLike[str], detector_dir: str | os.Pa
 
     Raises :class:`InputError` when a folder exists but is not a folder or cannot be listed.
     """
-    from ..checkpoints import as_path
+    from ..weights_file import as_path
     from ..download import read_download_records
     from ..errors import VSPBFRError
 
@@ -202,7 +203,7 @@ def _usable(row: ModelFileInfo, check: bool) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoints import shown
+    from ..weights_file import shown
     from ..paths import locate_models_dir
 
     folder, origin = locate_models_dir(args.model_dir)

@@ -201,9 +201,9 @@ def find_detector_file(name: str, model_dir: ModelDirs) -> Path:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a detector file, read like the VSPBFR networks (:func:`vspbfr_core.checkpoints.read_weights_file`:
+    """The tensors of a detector file, read like the VSPBFR networks (:func:`vspbfr_core.weights_file.read_weights_file`:
     no code ever runs, damaged files are clear errors, deflated zips and non-UTF-8 names load)."""
-    from ..checkpoints import read_weights_file, shown
+    from ..weights_file import read_weights_file, shown
 
     obj, _ = read_weights_file(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -235,10 +235,10 @@ def load_detector_file(name: str, path: str | bytes | os.PathLike[str], device: 
 
     Strict: the keys and shapes of ``name``'s network, floating-point tensors where it has floating-point ones
     (integers for the BatchNorm counters), no NaN / Inf value and no negative BatchNorm variance
-    (:func:`vspbfr_core.checkpoints.check_tensors`). Each refusal is a :class:`CheckpointError` naming the file
+    (:func:`vspbfr_core.weights_file.check_tensors`). Each refusal is a :class:`CheckpointError` naming the file
     and the tensor, raised here rather than turning into "0 faces" later.
     """
-    from ..checkpoints import as_path, check_tensors, shown
+    from ..weights_file import as_path, check_tensors, shown
 
     name = canonical_detector_name(name)
     path = as_path(path)
