@@ -262,7 +262,7 @@ def host_name() -> str:
 def download_command(models_dir: str, detector: str | None = None, *, only_detector: bool = False) -> str:
     """The command that fetches the missing files, run with the webui's Python from the extension folder (the
     webui's venv has no ``vspbfr`` script on its PATH)."""
-    cmd = f'cd "{EXTENSION_DIR}" && "{sys.executable}" -m vspbfr_core download --to "{models_dir}"'
+    cmd = f'cd "{EXTENSION_DIR}" && "{sys.executable}" -m vspbfr_core download --models "{models_dir}"'
     short = core_paths.DETECTOR_ALIASES.get(detector or "", detector or None)
     if only_detector:
         cmd += " --only detector"

@@ -400,7 +400,7 @@ def test_a1111_message_and_core_errors_give_the_webui_command(tmp_path):
     with pytest.raises(ModelNotFoundError) as info:
         core_paths.find_model_file("restoration_net", [folder])
     message = str(info.value)
-    assert f'-m vspbfr_core download --to "{folder}"' in message and f'cd "{ROOT}"' in message
+    assert f'-m vspbfr_core download --models "{folder}"' in message and f'cd "{ROOT}"' in message
     assert "'VSPBFR models folder'" in message and "vspbfr download" not in message
 
 
@@ -471,7 +471,7 @@ def test_missing_weights_are_loud_everywhere(tmp_path, caplog):
     webui = start(tmp_path)                                     # models/VSPBFR is empty
     folder = os.path.join(shared.models_path, "VSPBFR")
     start_message = " ".join(r.getMessage() for r in caplog.records)
-    for part in (folder, "models/VSPBFR", "-m vspbfr_core download --to", "style_encoder_decoder.pt",
+    for part in (folder, "models/VSPBFR", "-m vspbfr_core download --models", "style_encoder_decoder.pt",
                  "detection_Resnet50_Final.pth"):
         assert part in start_message
     assert "missing" in standin.settings_page()["vspbfr_status"].page_load()        # Settings > Face restoration

@@ -57,7 +57,7 @@ def test_inventory_lists_states_kinds_and_sizes(models):
 def test_cli_ready_folder(models, capsys):
     assert cli.main(["info", str(models)]) == 0
     out = capsys.readouterr().out
-    assert f"models folder: {models} (MODEL_DIR)" in out
+    assert f"models folder: {models} (--models)" in out
     assert "code_diffuser: uses code_diffuser.safetensors" in out
     assert "restoration_net: uses restoration_net.pt" in out
     assert "ready: all 3 networks" in out
@@ -71,7 +71,7 @@ def test_cli_missing_files_exit_1_and_say_how_to_get_them(models, capsys):
     assert cli.main(["info", str(models)]) == 1
     out = capsys.readouterr().out
     assert "missing or unusable: restoration_net, a face detector" in out
-    assert f"vspbfr download --to {models}" in out
+    assert f"vspbfr download --models {models}" in out
 
 
 def test_env_folder_and_separate_detector_folder(models, tmp_path, monkeypatch, capsys):

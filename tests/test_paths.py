@@ -95,7 +95,7 @@ def test_missing_network_names_files_folders_and_command(tmp_path):
     msg = str(info.value)
     assert "code_diffuser.safetensors or code_diffuser.pt" in msg
     assert str(a) in msg and f"{b} (folder does not exist)" in msg
-    assert f"vspbfr download --to {a}" in msg
+    assert f"vspbfr download --models {a}" in msg
     assert paths.MODELS_ENV in msg
     assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, CheckpointError)
 

@@ -556,7 +556,7 @@ def _download_file(spec: RemoteFile, folder: Path, *, progress: ProgressCallback
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DownloadError(f"cannot create the models folder {folder}: {exc}. Choose another folder with --to "
+        raise DownloadError(f"cannot create the models folder {folder}: {exc}. Choose another folder with --models "
                             "or VSPBFR_MODELS.") from exc
     final = folder / spec.name
     part = folder / (spec.name + PART_SUFFIX)

@@ -2,7 +2,7 @@
 
 The models folder is chosen in this order:
 
-1. an explicit folder (a function argument, ``--models`` / ``--to`` / ``MODEL_DIR`` on the command line);
+1. an explicit folder (a function argument, ``--models`` on the command line);
 2. the environment variable ``VSPBFR_MODELS``;
 3. a per-user default: ``%LOCALAPPDATA%\\vspbfr\\models`` on Windows, ``$XDG_DATA_HOME/vspbfr/models`` elsewhere
    (``~/.local/share/vspbfr/models`` when ``XDG_DATA_HOME`` is unset), on Linux and macOS alike.
@@ -54,7 +54,7 @@ def _quote(path: PathLike) -> str:
 
 
 def _cli_download(target: Path, detector: str | None, only_detector: bool) -> str:
-    command = f"vspbfr download --to {_quote(target)}"
+    command = f"vspbfr download --models {_quote(target)}"
     if only_detector:
         command += " --only detector"
     if detector is not None:

@@ -1,4 +1,6 @@
-"""``vspbfr download [--to DIR] [--detector resnet50|mobile0.25|none] [--only vspbfr|detector]``.
+"""``vspbfr download [--models DIR] [--detector resnet50|mobile0.25|none] [--only vspbfr|detector]``.
+
+``--models DIR`` names the models folder as in every other command; ``--to DIR`` is the same option (older spelling).
 
 Fetches the official VSPBFR networks (Hugging Face hub, ``HF_ENDPOINT`` for mirrors) and the facexlib RetinaFace
 detector into the models folder, resuming partial downloads and verifying every file; see
@@ -12,7 +14,7 @@ import time
 from typing import TextIO
 
 EPILOG = """\
-The models folder is --to, else $VSPBFR_MODELS, else the per-user default
+The models folder is --models (or --to), else $VSPBFR_MODELS, else the per-user default
 ($XDG_DATA_HOME/vspbfr/models or ~/.local/share/vspbfr/models; %LOCALAPPDATA%\\vspbfr\\models on Windows).
 Sources: $HF_ENDPOINT (default https://huggingface.co)/Wanglong2/VSPBFR/resolve/main/<file> and
 $VSPBFR_DETECTOR_URL (default https://github.com/xinntao/facexlib/releases/download/v0.1.0)/<file>.
@@ -25,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "the models folder. Files already present and valid are skipped; every new file\n"
                                    "is checked (size, sha256 where known, a load test) before it gets its final name.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--to", metavar="DIR", default=None, help="models folder (default: see below)")
+    p.add_argument("--models", "--to", dest="to", metavar="DIR", default=None,
+                   help="models folder to download into (--to is the same; default: see below)")
     p.add_argument("--detector", choices=("resnet50", "mobile0.25", "none"), default="resnet50",
                    help="which RetinaFace detector to fetch (default: resnet50, 109 MB; mobile0.25 is 1.8 MB)")
     p.add_argument("--only", choices=("vspbfr", "detector"), default=None,
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     specs = plan_downloads(args.only, args.detector)
     if not specs:
         raise DownloadError("nothing to download: --only detector with --detector none")
-    print(f"models folder: {folder} ({'--to' if origin == 'argument' else origin})")
+    print(f"models folder: {folder} ({'--models' if origin == 'argument' else origin})")
     bar = TextProgressBar()
 
     def report(result: DownloadResult) -> None:

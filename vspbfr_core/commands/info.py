@@ -1,4 +1,6 @@
-"""``vspbfr info [MODEL_DIR] [--detector-dir DIR] [--check]``: which model files are there, and what they are.
+"""``vspbfr info [--models DIR] [--detector-dir DIR] [--check]``: which model files are there, and what they are.
+
+The folder is ``--models DIR`` as in every other command (a positional ``DIR`` is still accepted).
 
 Lists, for each network, the converted ``.safetensors`` and the official ``.pt`` (present, missing, size, kind
 detected from the keys), the RetinaFace detector files, and interrupted downloads (``*.part``). Kinds are read
@@ -25,11 +27,14 @@ from ..paths import DETECTOR_FILES, NETWORK_KINDS, NETWORK_SUFFIXES
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="list the model files in the models folder",
                        description="List which model files are present, missing or converted, with their detected "
-                                   "kinds and sizes. The folder is MODEL_DIR, else $VSPBFR_MODELS, else the per-user "
-                                   "default (see `vspbfr download --help`).")
-    p.add_argument("model_dir", nargs="?", default=None, metavar="MODEL_DIR", help="models folder")
+                                   "kinds and sizes. The folder is --models DIR, else $VSPBFR_MODELS, else the "
+                                   "per-user default (see `vspbfr download --help`).")
+    p.add_argument("--models", metavar="DIR", default=None,
+                   help="models folder (default: $VSPBFR_MODELS, else the per-user folder)")
+    p.add_argument("model_dir", nargs="?", default=None, metavar="DIR",
+                   help="the models folder given without --models (the older spelling, still accepted)")
     p.add_argument("--detector-dir", metavar="DIR", default=None,
-                   help="a separate folder with the RetinaFace files (searched before MODEL_DIR)")
+                   help="a separate folder with the RetinaFace files (searched before the models folder)")
     p.add_argument("--check", action="store_true",
                    help="also verify sizes and sha256 (known values, download record) and load every file strictly")
     p.add_argument("--json", action="store_true", help="print the inventory as JSON")
@@ -206,7 +211,11 @@ def run(args: argparse.Namespace) -> int:
     from ..weights_file import shown
     from ..paths import locate_models_dir
 
-    folder, origin = locate_models_dir(args.model_dir)
+    from ..errors import InputError
+
+    if args.models is not None and args.model_dir is not None and args.models != args.model_dir:
+        raise InputError(f"two models folders given: --models {args.models} and {args.model_dir}; give one")
+    folder, origin = locate_models_dir(args.models if args.models is not None else args.model_dir)
     rows = inspect_models_dir(folder, args.detector_dir, check=args.check)
     # The file a pipeline loads is the first present one (converted before official), as in find_model_file.
     chosen = {k: next((r for r in rows if r.role == k and r.path), None) for k in NETWORK_KINDS}
@@ -219,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
                           "files": [asdict(r) for r in rows]}, indent=2))
         return 0 if ok else 1
 
-    origin_text = {"argument": "MODEL_DIR", "environment": "$VSPBFR_MODELS", "default": "per-user default"}[origin]
+    origin_text = {"argument": "--models", "environment": "$VSPBFR_MODELS", "default": "per-user default"}[origin]
     exists = "" if folder.is_dir() else ", does not exist"
     print(f"models folder: {shown(folder)} ({origin_text}{exists})")
     if args.detector_dir:
@@ -241,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     missing = [k for k, good in networks_ok.items() if not good]
     if missing or not detectors:
         what = missing + ([] if detectors else ["a face detector"])
-        print(f"missing or unusable: {', '.join(what)}. Get the files with `vspbfr download --to {shown(folder)}`.")
+        print(f"missing or unusable: {', '.join(what)}. Get the files with `vspbfr download --models {shown(folder)}`.")
     elif failed:
         print(f"{len(failed)} file(s) with problems (see above), though every network and a detector are usable.")
     else:

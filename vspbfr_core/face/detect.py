@@ -191,12 +191,13 @@ def find_detector_file(name: str, model_dir: ModelDirs) -> Path:
         for candidate in (d / (Path(file).stem + ".safetensors"), d / file):
             if candidate.is_file():
                 return candidate
+    from ..paths import download_command
+
     searched = ", ".join(str(d) for d in dirs) or "(no folder given)"
-    short = {v: k for k, v in DETECTOR_ALIASES.items()}[name]
+    command = download_command(dirs[0] if dirs else "FOLDER", name, only_detector=True)
     raise ModelNotFoundError(
         f"face detector weights {file} not found in {searched}. Download {DETECTOR_URLS[name]} "
-        f"(facexlib release v0.1.0) into one of those folders, or run "
-        f"`vspbfr download --only detector --detector {short} --to FOLDER`, which fetches and checks it. "
+        f"(facexlib release v0.1.0) into one of those folders, or run `{command}`, which fetches and checks it. "
         "Nothing is downloaded automatically.")
 
 
