@@ -243,6 +243,10 @@ def test_browser_shows_our_nodes_and_the_web_extension(comfy):
         registered = browser.evaluate("Object.keys(LiteGraph.registered_node_types)")
         assert set(NODE_IDS) <= set(registered)
         assert browser.evaluate("app.extensions.map((e) => e.name)").count("VSPBFR.FaceRestore") == 1
+        # "fidelity" (the saved name) is shown as what it is, so nobody reads it as CodeFormer's fidelity
+        for node in ("VSPBFRFaceRestore", "VSPBFRRestoreFaces"):
+            label = browser.evaluate(f"LiteGraph.createNode('{node}').widgets.find((w) => w.name === 'fidelity').label")
+            assert label == "style prompt mix (1 = official)"
         for name in ("vspbfr_all_in_one", "vspbfr_split"):           # the UI files are the API files
             workflow = (EXAMPLES / f"{name}.json").read_text()
             api = json.loads(browser.evaluate(f"{GRAPH_TO_PROMPT_JS}({workflow})"))

@@ -4,11 +4,16 @@
 //  - VSPBFRDetectFaces: the first frame with every detected box and its index drawn on top, so a selection such as
 //    "0,2" is easy to write (ui key "vspbfr_faces": [{image, width, height, frames, count, faces: [{index, box, score}]}]).
 //  - Nodes with a seed start with "control after generate" = fixed, so re-queuing does not re-restore every face.
+//  - The "fidelity" widget is labelled "style prompt mix (1 = official)" (see LABELS).
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
 const EXTENSION = "VSPBFR.FaceRestore";
 const SEEDED = new Set(["VSPBFRStylePrompt", "VSPBFRRestoreFaces", "VSPBFRFaceRestore"]);
+// Widgets shown under another name than the one saved in workflows (which stays, so saved graphs keep working):
+// "fidelity" is the style prompt mix, 1 = the official diffused prompt, and must not be read as CodeFormer's
+// fidelity, whose 1 means "closest to the input".
+const LABELS = { fidelity: "style prompt mix (1 = official)" };
 const PANEL_HEIGHT = 220;
 const SVG = "http://www.w3.org/2000/svg";
 
@@ -136,14 +141,16 @@ if (app.extensions?.some((e) => e.name === EXTENSION)) {
       if (message?.vspbfr_faces?.length) showFaces(this, message.vspbfr_faces[0]);
       return r;
     };
-    if (SEEDED.has(nodeData.name)) {
-      const onNodeCreated = nodeType.prototype.onNodeCreated;
-      nodeType.prototype.onNodeCreated = function () {
-        const r = onNodeCreated?.apply(this, arguments);
+    const seeded = SEEDED.has(nodeData.name);
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const r = onNodeCreated?.apply(this, arguments);
+      if (seeded) {
         const control = this.widgets?.find((w) => w.name === "control_after_generate");
         if (control) control.value = "fixed";
-        return r;
-      };
-    }
+      }
+      for (const w of this.widgets ?? []) if (LABELS[w.name]) w.label = LABELS[w.name];
+      return r;
+    };
   },
 });
