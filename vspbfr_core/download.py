@@ -1,4 +1,5 @@
-"""Downloading the official model files: the VSPBFR networks and the RetinaFace face detector.
+"""Downloading the official model files: the VSPBFR networks, the RetinaFace face detector and the optional ArcFace
+identity network.
 
 Sources (both injectable, so tests and mirrors can point elsewhere):
 
@@ -7,6 +8,8 @@ Sources (both injectable, so tests and mirrors can point elsewhere):
   the same name, else ``https://huggingface.co``) selects a mirror.
 * RetinaFace: facexlib's GitHub release v0.1.0, ``detection_Resnet50_Final.pth`` and
   ``detection_mobilenet0.25_Final.pth``. ``VSPBFR_DETECTOR_URL`` (or an argument) replaces the release folder.
+* ArcFace (identity scores, optional; only with ``only="identity"``): the same facexlib release,
+  ``recognition_arcface_ir_se50.pth`` (sha256 known). ``VSPBFR_IDENTITY_URL`` (or an argument) replaces the folder.
 
 Each file goes through the same steps:
 
@@ -18,7 +21,8 @@ Each file goes through the same steps:
 3. The size (known value, ``Content-Length``/``Content-Range``, or the hub's ``X-Linked-Size``) and the sha256
    (known value, or the hub's ``X-Linked-Etag`` when it is a sha256) are checked; wrong bytes delete the part file.
 4. The file must load: VSPBFR networks through :func:`vspbfr_core.checkpoints.load_checkpoint` with the expected
-   kind, the detector with ``torch.load(weights_only=True)`` and RetinaFace keys.
+   kind, the detector with ``torch.load(weights_only=True)`` and RetinaFace keys, ArcFace through its strict loader
+   (:func:`vspbfr_core.identity.arcface.load_arcface`).
 5. Only then ``os.replace`` gives it the final name, so a half or unverified file never has that name, and its
    size, sha256, URL and time go into ``vspbfr-downloads.json`` in the same folder (the sha256 of the VSPBFR files
    is not published, so this record is what later runs check against).
@@ -47,29 +51,32 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import CheckpointError, DownloadError, VSPBFRError
-from .paths import DETECTOR_FILES, NETWORK_KINDS, resolve_models_dir
+from .paths import DETECTOR_FILES, IDENTITY_FILES, NETWORK_KINDS, resolve_models_dir
 
 __all__ = [
     "HF_ENDPOINT_ENV", "DETECTOR_URL_ENV", "DEFAULT_HF_ENDPOINT", "HF_REPO", "DEFAULT_DETECTOR_BASE_URL",
     "RECORD_FILE", "RemoteFile", "DownloadResult", "ProgressCallback", "hf_endpoint", "detector_base_url",
     "vspbfr_remote_files", "detector_remote_file", "plan_downloads", "download_file", "download_models",
-    "verify_model_file", "read_download_records", "check_present_file",
+    "verify_model_file", "read_download_records", "check_present_file", "IDENTITY_URL_ENV",
+    "DEFAULT_IDENTITY_BASE_URL", "identity_base_url", "identity_remote_file",
 ]
 
 log = logging.getLogger(__name__)
 
 HF_ENDPOINT_ENV = "HF_ENDPOINT"
 DETECTOR_URL_ENV = "VSPBFR_DETECTOR_URL"
+IDENTITY_URL_ENV = "VSPBFR_IDENTITY_URL"
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 HF_REPO = "Wanglong2/VSPBFR"
 HF_REVISION = "main"
 DEFAULT_DETECTOR_BASE_URL = "https://github.com/xinntao/facexlib/releases/download/v0.1.0"
+DEFAULT_IDENTITY_BASE_URL = DEFAULT_DETECTOR_BASE_URL
 RECORD_FILE = "vspbfr-downloads.json"
 RECORD_FORMAT = "vspbfr-downloads-v1"
 PART_SUFFIX = ".part"
 USER_AGENT = "vspbfr-download/0.1 (+python-urllib)"
 
-Group = Literal["vspbfr", "detector"]
+Group = Literal["vspbfr", "detector", "identity"]
 DetectorChoice = Literal["resnet50", "mobile0.25", "none"]
 ProgressCallback = Callable[[str, int, "int | None"], None]
 """``progress(file_name, bytes_done, bytes_total_or_None)``, called as bytes arrive; it may raise to cancel."""
@@ -83,6 +90,11 @@ _DETECTOR_FACTS: dict[str, dict[str, Any]] = {
                    "sha256": "2979b33ffafda5d74b6948cd7a5b9a7a62f62b949cef24e95fd15d2883a65220"},
     "resnet50": {"sha256_affixes": ("6d1de9c2", "a5a16d")},
 }
+# The ArcFace file: its full sha256 is published (a Linux distribution's package list for facexlib's weights); its
+# size is not pinned.
+_IDENTITY_FACTS: dict[str, dict[str, Any]] = {
+    "arcface": {"sha256": "a035c768259b98ab1ce0e646312f48b9e1e218197a0f80ac6765e88f8b6ddf28"},
+}
 _RETINAFACE_PREFIXES = ("body.", "fpn.", "ssh1.", "ssh2.", "ssh3.", "ClassHead.", "BboxHead.", "LandmarkHead.")
 _RETINAFACE_BODY = {"resnet50": "body.layer", "mobile0.25": "body.stage1."}
 _RETRY_HTTP_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -93,8 +105,8 @@ class RemoteFile:
     """One file to download and what is known about it."""
     name: str                                         # file name in the models folder
     url: str                                          # where it is downloaded from
-    group: Group                                      # "vspbfr" network or "detector"
-    kind: str                                         # checkpoint kind, or detector name (resnet50 / mobile0.25)
+    group: Group                                      # "vspbfr" network, "detector" or "identity"
+    kind: str                                         # checkpoint kind, detector (resnet50 / mobile0.25) or "arcface"
     size: int | None = None                           # exact byte count, when known
     sha256: str | None = None                         # full hex digest, when known
     sha256_affixes: tuple[str, str] | None = None     # (prefix, suffix) of the digest when only those are known
@@ -125,6 +137,21 @@ def detector_base_url(base_url: str | None = None) -> str:
     return (base_url or os.environ.get(DETECTOR_URL_ENV, "").strip() or DEFAULT_DETECTOR_BASE_URL).rstrip("/")
 
 
+def identity_base_url(base_url: str | None = None) -> str:
+    """The folder the ArcFace file is downloaded from: ``base_url``, else ``$VSPBFR_IDENTITY_URL``, else facexlib's."""
+    return (base_url or os.environ.get(IDENTITY_URL_ENV, "").strip() or DEFAULT_IDENTITY_BASE_URL).rstrip("/")
+
+
+def identity_remote_file(embedder: str = "arcface", base_url: str | None = None) -> RemoteFile:
+    """The weights file of identity embedder ``embedder`` (only ``arcface`` has one)."""
+    if embedder not in IDENTITY_FILES:
+        raise DownloadError(f"no file to download for identity embedder {embedder!r}: only "
+                            f"{', '.join(IDENTITY_FILES)} has one (dlib's come with pip install \"vspbfr[dlib]\")")
+    name = IDENTITY_FILES[embedder]
+    return RemoteFile(name=name, url=f"{identity_base_url(base_url)}/{name}", group="identity", kind=embedder,
+                      **_IDENTITY_FACTS.get(embedder, {}))
+
+
 def vspbfr_remote_files(endpoint: str | None = None) -> list[RemoteFile]:
     """The three official VSPBFR network files (sizes and hashes unpublished, hence unknown)."""
     root = hf_endpoint(endpoint)
@@ -142,14 +169,18 @@ def detector_remote_file(detector: str, base_url: str | None = None) -> RemoteFi
 
 
 def plan_downloads(only: Group | None = None, detector: DetectorChoice = "resnet50", *,
-                   hf_endpoint: str | None = None, detector_base_url: str | None = None) -> list[RemoteFile]:
-    """The files ``vspbfr download`` fetches: the networks unless ``only="detector"``, the detector unless
-    ``only="vspbfr"`` or ``detector="none"``."""
+                   hf_endpoint: str | None = None, detector_base_url: str | None = None,
+                   identity_base_url: str | None = None) -> list[RemoteFile]:
+    """The files ``vspbfr download`` fetches: the networks when ``only`` is None or ``"vspbfr"``, the detector when it
+    is None or ``"detector"`` (unless ``detector="none"``), the optional ArcFace identity file only when it is
+    ``"identity"`` (restoration never needs it, so the default download leaves it out)."""
     files: list[RemoteFile] = []
     if only in (None, "vspbfr"):
         files += vspbfr_remote_files(hf_endpoint)
     if only in (None, "detector") and detector != "none":
         files.append(detector_remote_file(detector, detector_base_url))
+    if only == "identity":
+        files.append(identity_remote_file("arcface", identity_base_url))
     return files
 
 
@@ -200,10 +231,21 @@ def _sha256(path: Path, chunk: int = 1 << 22) -> str:
 def verify_model_file(path: str | os.PathLike[str], kind: str) -> None:
     """Raise a :class:`VSPBFRError` unless ``path`` loads as ``kind``.
 
-    ``kind`` is a network kind (strict load of the networks) or a detector name (``torch.load(weights_only=True)``
-    and RetinaFace's key layout for that backbone).
+    ``kind`` is a network kind (strict load of the networks), a detector name (``torch.load(weights_only=True)``
+    and RetinaFace's key layout for that backbone) or ``"arcface"`` (the identity network's strict loader).
     """
     path = Path(path)
+    if kind in IDENTITY_FILES:
+        from .identity.arcface import load_arcface
+
+        try:
+            load_arcface(path)
+        except VSPBFRError:
+            raise
+        except Exception as exc:  # as for the networks: the unpickler's odd errors on garbage
+            raise CheckpointError(f"{path}: cannot be read as the ArcFace identity network ({type(exc).__name__}: "
+                                  f"{exc}); it is damaged or not a PyTorch file") from exc
+        return
     if kind in NETWORK_KINDS:
         from .checkpoints import load_checkpoint
 
@@ -355,7 +397,8 @@ def _describe_network_error(exc: BaseException) -> tuple[str, bool]:
 
 
 _PROJECT_PAGES = {"vspbfr": f"{DEFAULT_HF_ENDPOINT}/{HF_REPO}/tree/{HF_REVISION}",
-                  "detector": "https://github.com/xinntao/facexlib/releases/tag/v0.1.0"}
+                  "detector": "https://github.com/xinntao/facexlib/releases/tag/v0.1.0",
+                  "identity": "https://github.com/xinntao/facexlib/releases/tag/v0.1.0"}
 
 
 def _http_error_message(spec: RemoteFile, code: int, folder: Path) -> str:
@@ -609,7 +652,8 @@ def _download_file(spec: RemoteFile, folder: Path, *, progress: ProgressCallback
 
 def download_models(folder: str | os.PathLike[str] | None = None, *, only: Group | None = None,
                     detector: DetectorChoice = "resnet50", hf_endpoint: str | None = None,
-                    detector_base_url: str | None = None, progress: ProgressCallback | None = None,
+                    detector_base_url: str | None = None, identity_base_url: str | None = None,
+                    progress: ProgressCallback | None = None,
                     on_result: Callable[[DownloadResult], None] | None = None, timeout: float = 30.0,
                     retries: int = 3, backoff: float = 1.0) -> list[DownloadResult]:
     """Download (or confirm) every file of :func:`plan_downloads` into ``folder`` (default: the models folder).
@@ -619,7 +663,8 @@ def download_models(folder: str | os.PathLike[str] | None = None, *, only: Group
     what to do, after the other files are done.
     """
     dest = resolve_models_dir(folder)
-    specs = plan_downloads(only, detector, hf_endpoint=hf_endpoint, detector_base_url=detector_base_url)
+    specs = plan_downloads(only, detector, hf_endpoint=hf_endpoint, detector_base_url=detector_base_url,
+                           identity_base_url=identity_base_url)
     results: list[DownloadResult] = []
     failures: list[tuple[RemoteFile, str]] = []
     unreachable: dict[str, str] = {}

@@ -10,7 +10,8 @@ The models folder is chosen in this order:
 Inside it, each network is found under its official name (``style_encoder_decoder.pt``, ``code_diffuser.pt``,
 ``restoration_net.pt``) or its converted name (same stem, ``.safetensors``, preferred when both exist); the RetinaFace
 detector under facexlib's names (``detection_Resnet50_Final.pth``, ``detection_mobilenet0.25_Final.pth``), in the
-models folder or a separate detector folder. Nothing here imports torch or touches the network.
+models folder or a separate detector folder; the optional ArcFace identity network under facexlib's name
+(``recognition_arcface_ir_se50.pth``, :data:`IDENTITY_FILES`). Nothing here imports torch or touches the network.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from .errors import InputError, ModelNotFoundError
 __all__ = [
     "MODELS_ENV", "NETWORK_KINDS", "DETECTOR_FILES", "DETECTOR_ALIASES", "default_models_dir", "locate_models_dir",
     "resolve_models_dir", "model_file_candidates", "find_model_file", "DETECTOR_AUTO", "DETECTOR_PREFERENCE",
-    "choose_detector", "HostHints", "set_host_hints", "host_hints", "download_command",
+    "choose_detector", "HostHints", "set_host_hints", "host_hints", "download_command", "IDENTITY_FILES",
+    "identity_download_command",
 ]
 
 MODELS_ENV = "VSPBFR_MODELS"
@@ -39,6 +41,12 @@ DETECTOR_FILES: dict[str, str] = {
 DETECTOR_ALIASES: dict[str, str] = {                          # facexlib's model names -> ours
     "retinaface_resnet50": "resnet50",
     "retinaface_mobile0.25": "mobile0.25",
+}
+
+# Optional identity networks (vspbfr_core.identity), fetched with `vspbfr download --only identity`; restoration
+# never needs them.
+IDENTITY_FILES: dict[str, str] = {
+    "arcface": "recognition_arcface_ir_se50.pth",              # facexlib's IR-SE-50 ArcFace, release v0.1.0
 }
 
 DETECTOR_AUTO = "auto"                                        # the detector whose file is there (see choose_detector)
@@ -62,18 +70,24 @@ def _cli_download(target: Path, detector: str | None, only_detector: bool) -> st
     return command
 
 
+def _cli_download_identity(target: Path) -> str:
+    return f"vspbfr download --models {_quote(target)} --only identity"
+
+
 @dataclass(frozen=True)
 class HostHints:
     """What messages about model files tell the user to do, in the program that runs the core.
 
     ``download(folder, detector, only_detector)`` is the command that fetches the files into ``folder`` (``detector``
-    is a short name such as ``mobile0.25``, or None for the default); ``choose_folder`` says how to pick another
-    models folder there.  The command line's are the defaults; ComfyUI and A1111 set their own with
-    :func:`set_host_hints` (their Python environments have no ``vspbfr`` script on the PATH).
+    is a short name such as ``mobile0.25``, or None for the default); ``download_identity(folder)`` fetches the
+    optional identity network (ArcFace) there; ``choose_folder`` says how to pick another models folder there.
+    The command line's are the defaults; ComfyUI and A1111 set their own with :func:`set_host_hints` (their Python
+    environments have no ``vspbfr`` script on the PATH).
     """
 
     download: Callable[[Path, str | None, bool], str] = _cli_download
     choose_folder: str = f"--models DIR (or the {MODELS_ENV} environment variable)"
+    download_identity: Callable[[Path], str] = _cli_download_identity
 
 
 _hints = HostHints()
@@ -93,6 +107,11 @@ def download_command(target: PathLike, detector: str | None = None, *, only_dete
     """The command that downloads the model files (or only ``detector``'s) into ``target`` in this host."""
     short = _detector_key(detector) if detector is not None else None
     return _hints.download(_expand(target), short, only_detector)
+
+
+def identity_download_command(target: PathLike) -> str:
+    """The command that downloads the optional identity network (ArcFace) into ``target`` in this host."""
+    return _hints.download_identity(_expand(target))
 
 
 def _expand(path: PathLike) -> Path:
@@ -136,17 +155,26 @@ def _detector_key(name: str) -> str | None:
     return None
 
 
+def _identity_key(name: str) -> str | None:
+    if name in IDENTITY_FILES:
+        return name
+    return next((key for key, fname in IDENTITY_FILES.items() if name == fname), None)
+
+
 def model_file_candidates(kind_or_name: str) -> tuple[tuple[str, ...], bool]:
     """File names to look for, in order, and whether they are detector files.
 
     ``kind_or_name`` is a network kind (``restoration_net``), an official or converted file name
     (``restoration_net.pt``: then the converted twin is accepted too), a detector name (``resnet50``,
-    ``mobile0.25``, facexlib's ``retinaface_resnet50``) or detector file name, or any other file name
-    with a suffix (looked for as is).
+    ``mobile0.25``, facexlib's ``retinaface_resnet50``) or detector file name, an identity network
+    (``arcface``) or its file name, or any other file name with a suffix (looked for as is).
     """
     det = _detector_key(kind_or_name)
     if det is not None:
         return (DETECTOR_FILES[det],), True
+    ident = _identity_key(kind_or_name)
+    if ident is not None:
+        return (IDENTITY_FILES[ident],), False
     stem, suffix = os.path.splitext(kind_or_name)
     if kind_or_name in NETWORK_KINDS:
         return tuple(kind_or_name + s for s in NETWORK_SUFFIXES), False
@@ -154,7 +182,7 @@ def model_file_candidates(kind_or_name: str) -> tuple[tuple[str, ...], bool]:
         return (kind_or_name,) + tuple(stem + s for s in NETWORK_SUFFIXES if s != suffix), False
     if suffix:
         return (kind_or_name,), False
-    known = ", ".join(list(NETWORK_KINDS) + list(DETECTOR_FILES))
+    known = ", ".join(list(NETWORK_KINDS) + list(DETECTOR_FILES) + list(IDENTITY_FILES))
     raise InputError(f"unknown model {kind_or_name!r}: give a network kind or detector ({known}) or a file name")
 
 
@@ -225,6 +253,10 @@ def _not_found_message(kind_or_name: str, names: tuple[str, ...], is_detector: b
         other = [k for k in DETECTOR_PREFERENCE if k != det]
         also = (f" (the other RetinaFace file, {DETECTOR_FILES[other[0]]}, works too: choose detector "
                 f"{other[0]} or {DETECTOR_AUTO})") if other else ""
+    elif _identity_key(kind_or_name) is not None:
+        command = identity_download_command(target)
+        also = (" (the identity network, optional: only identity scores, best-of-N candidates and reference photos "
+                "need it)")
     else:
         command = download_command(target)
         also = ""

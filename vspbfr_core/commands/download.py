@@ -1,9 +1,10 @@
-"""``vspbfr download [--models DIR] [--detector resnet50|mobile0.25|none] [--only vspbfr|detector]``.
+"""``vspbfr download [--models DIR] [--detector resnet50|mobile0.25|none] [--only vspbfr|detector|identity]``.
 
 ``--models DIR`` names the models folder as in every other command; ``--to DIR`` is the same option (older spelling).
 
 Fetches the official VSPBFR networks (Hugging Face hub, ``HF_ENDPOINT`` for mirrors) and the facexlib RetinaFace
-detector into the models folder, resuming partial downloads and verifying every file; see
+detector into the models folder, resuming partial downloads and verifying every file; ``--only identity`` fetches the
+optional ArcFace identity network instead (identity scores; restoration does not need it). See
 :mod:`vspbfr_core.download`.
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ EPILOG = """\
 The models folder is --models (or --to), else $VSPBFR_MODELS, else the per-user default
 ($XDG_DATA_HOME/vspbfr/models or ~/.local/share/vspbfr/models; %LOCALAPPDATA%\\vspbfr\\models on Windows).
 Sources: $HF_ENDPOINT (default https://huggingface.co)/Wanglong2/VSPBFR/resolve/main/<file> and
-$VSPBFR_DETECTOR_URL (default https://github.com/xinntao/facexlib/releases/download/v0.1.0)/<file>.
+$VSPBFR_DETECTOR_URL (default https://github.com/xinntao/facexlib/releases/download/v0.1.0)/<file>;
+--only identity: $VSPBFR_IDENTITY_URL (default: the same facexlib release)/recognition_arcface_ir_se50.pth.
 An interrupted download is resumed by running the same command again."""
 
 
@@ -31,8 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="models folder to download into (--to is the same; default: see below)")
     p.add_argument("--detector", choices=("resnet50", "mobile0.25", "none"), default="resnet50",
                    help="which RetinaFace detector to fetch (default: resnet50, 109 MB; mobile0.25 is 1.8 MB)")
-    p.add_argument("--only", choices=("vspbfr", "detector"), default=None,
-                   help="fetch only the VSPBFR networks or only the detector (default: both)")
+    p.add_argument("--only", choices=("vspbfr", "detector", "identity"), default=None,
+                   help="fetch only the VSPBFR networks, only the detector, or only the optional ArcFace identity "
+                        "network (recognition_arcface_ir_se50.pth, for identity scores; default: networks and "
+                        "detector)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="network timeout per connect/read (default: 30)")
     p.add_argument("--retries", type=int, default=3, metavar="N",

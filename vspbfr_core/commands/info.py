@@ -4,10 +4,13 @@ The folder is ``--models DIR`` as in every other command (a positional ``DIR`` i
 
 Lists, for each network, the converted ``.safetensors`` and the official ``.pt`` (present, missing, size, kind
 detected from the keys), the RetinaFace detector files, and interrupted downloads (``*.part``). Kinds are read
-from the keys only (``.safetensors``: the header; ``.pt``: :func:`vspbfr_core.checkpoints.read_checkpoint`);
+from the keys only (``.safetensors``: the header; ``.pt``: :func:`vspbfr_core.checkpoints.read_checkpoint`). The
+optional ArcFace identity network (``recognition_arcface_ir_se50.pth``) has its own row; it is never required, so
+its absence does not change the exit status (a present file that fails ``--check`` does, like any damaged file);
+
 ``--check`` also compares sizes and sha256 with the known values and the download record, and loads every file
 strictly (keys, shapes, dtypes, NaN / Inf values, configuration metadata: each problem names the file and the
-tensor or field). The exit status is 0 when every network and a detector are usable.
+tensor or field). The exit status is 0 when every network and a detector are usable and no file has a problem.
 
 A MODEL_DIR (or ``--detector-dir``) that exists but is not a folder, or cannot be listed (no permission), is an
 error (exit 1) naming it; a MODEL_DIR that does not exist is reported as such (exit 1). Names that are not UTF-8
@@ -21,7 +24,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..paths import DETECTOR_FILES, NETWORK_KINDS, NETWORK_SUFFIXES
+from ..paths import DETECTOR_FILES, IDENTITY_FILES, NETWORK_KINDS, NETWORK_SUFFIXES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,12 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 @dataclass
 class ModelFileInfo:
     """One row of the inventory."""
-    role: str                    # network kind, "detector", or "partial"
+    role: str                    # network kind, "detector", "identity" (optional) or "partial"
     name: str                    # file name
     path: str | None             # full path when present
     state: str                   # present | converted (.safetensors) | missing | partial (*.part)
     size: int | None = None
-    kind: str | None = None      # detected kind (networks: from the keys; detector: from the file name)
+    kind: str | None = None      # detected kind (networks: from the keys; detector, identity: from the file name)
     problem: str | None = None   # unreadable, wrong kind, failed check
     checked: bool = False        # --check passed
 
@@ -97,15 +100,21 @@ def _check(path: Path, role: str, detector: str | None, records: dict) -> None:
 
     Both are checked and every failure is reported: a wrong hash and the tensor a load refuses.
     """
-    from ..download import check_present_file, detector_remote_file, verify_model_file, vspbfr_remote_files
+    from ..download import (
+        check_present_file, detector_remote_file, identity_remote_file, verify_model_file, vspbfr_remote_files,
+    )
     from ..errors import CheckpointError, VSPBFRError
 
-    kind = detector if role == "detector" else role
+    kind = detector if role in ("detector", "identity") else role
     assert kind is not None
     problems: list[str] = []
-    if path.suffix == ".pt" or role == "detector":
-        spec = detector_remote_file(kind) if role == "detector" else \
-            next(s for s in vspbfr_remote_files() if s.kind == kind)
+    if path.suffix == ".pt" or role in ("detector", "identity"):
+        if role == "detector":
+            spec = detector_remote_file(kind)
+        elif role == "identity":
+            spec = identity_remote_file(kind)
+        else:
+            spec = next(s for s in vspbfr_remote_files() if s.kind == kind)
         if spec.size is not None or spec.sha256 or spec.sha256_affixes or spec.name in records:
             problem, _ = check_present_file(spec, path, records)
             if problem:
@@ -185,6 +194,19 @@ def inspect_models_dir(folder: str | os.PathLike[str], detector_dir: str | os.Pa
             except VSPBFRError as exc:
                 row.problem = str(exc)
         rows.append(row)
+    for embedder, name in IDENTITY_FILES.items():
+        path = folder / name
+        if not path.is_file():
+            rows.append(ModelFileInfo("identity", name, None, "missing", kind=f"{embedder} (optional)"))
+            continue
+        row = ModelFileInfo("identity", name, str(path), "present", path.stat().st_size, f"{embedder} (optional)")
+        if check:
+            try:
+                _check(path, "identity", embedder, records)
+                row.checked = True
+            except VSPBFRError as exc:
+                row.problem = str(exc)
+        rows.append(row)
     for d in dict.fromkeys(det_dirs):
         if d.is_dir():
             for part in sorted(d.glob("*.part")):
@@ -255,4 +277,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(failed)} file(s) with problems (see above), though every network and a detector are usable.")
     else:
         print(f"ready: all {len(NETWORK_KINDS)} networks and detector {', '.join(detectors)}")
+    for r in rows:
+        if r.role == "identity" and r.path is None:
+            print(f"optional, for identity scores: {r.name} is not there; get it with "
+                  f"`vspbfr download --models {shown(folder)} --only identity`.")
     return 0 if ok else 1

@@ -1,0 +1,41 @@
+"""Identity: face embedders and the identity score of two faces (higher = more the same person).
+
+Embedders turn faces into L2-normalised float32 vectors; the identity of two faces is the cosine similarity of
+their vectors::
+
+    embedder = load_embedder("arcface", models_dir, device)   # or "dlib" (pip install "vspbfr[dlib]")
+    a = embedder.embed_crops(restored_crops)                   # [F, 3, 512, 512] FFHQ-aligned in [0, 1] -> [F, D]
+    b = embedder.embed_faces(photo_bchw, landmarks)            # a whole image and 5 landmarks per face -> [F, D]
+    score = identity(a, b)                                     # [F] cosine similarity
+
+* ``arcface`` (:mod:`.arcface`): facexlib's IR-SE-50 ArcFace, ``recognition_arcface_ir_se50.pth``
+  (``vspbfr download --only identity``), 512-D;
+* ``dlib`` (:mod:`.dlib`): dlib's 128-D face descriptor, weights from the ``face_recognition_models`` package.
+
+Importing this package imports neither torch nor dlib; the submodules load on first use of a name. Restoration
+never needs any of it.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FaceEmbedder": ".base", "MissingPackageError": ".base", "identity": ".base", "identity_matrix": ".base",
+    "mean_embedding": ".base",
+    "EMBEDDERS": ".registry", "DEFAULT_EMBEDDER": ".registry", "load_embedder": ".registry",
+    "ArcFaceEmbedder": ".arcface", "ArcFaceIRSE": ".arcface", "ArcFaceConfig": ".arcface",
+    "ARCFACE_TEMPLATE_112": ".arcface", "load_arcface": ".arcface",
+    "DlibEmbedder": ".dlib",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
