@@ -503,3 +503,63 @@ def test_cli_download_and_offline(server, tiny_files, tmp_path, monkeypatch, cap
 
 def test_download_error_is_a_vspbfr_error():
     assert issubclass(DownloadError, VSPBFRError)
+
+
+#----------------------------------------------------------------------------
+# The optional ArcFace identity file (`vspbfr download --only identity`)
+
+
+def test_identity_file_is_planned_only_when_asked_for(monkeypatch):
+    monkeypatch.delenv(dl.IDENTITY_URL_ENV, raising=False)
+    spec = dl.identity_remote_file()
+    assert spec.url == "https://github.com/xinntao/facexlib/releases/download/v0.1.0/recognition_arcface_ir_se50.pth"
+    assert (spec.group, spec.kind, spec.size) == ("identity", "arcface", None)
+    assert spec.sha256 == "a035c768259b98ab1ce0e646312f48b9e1e218197a0f80ac6765e88f8b6ddf28"
+    assert [f.name for f in dl.plan_downloads("identity")] == ["recognition_arcface_ir_se50.pth"]
+    assert [f.name for f in dl.plan_downloads("identity", "none")] == ["recognition_arcface_ir_se50.pth"]
+    assert all(f.group != "identity" for f in dl.plan_downloads(None))      # the default download is unchanged
+    monkeypatch.setenv(dl.IDENTITY_URL_ENV, "http://127.0.0.1:9/id/")
+    assert dl.identity_remote_file().url == "http://127.0.0.1:9/id/recognition_arcface_ir_se50.pth"
+    with pytest.raises(DownloadError, match="only arcface has one"):
+        dl.identity_remote_file("dlib")
+
+
+@pytest.fixture(scope="module")
+def tiny_arcface(tmp_path_factory) -> bytes:
+    from identity_models import write_tiny_arcface
+
+    return write_tiny_arcface(tmp_path_factory.mktemp("arcface") / "a.pth").read_bytes()
+
+
+def test_cli_only_identity_downloads_verifies_and_resumes(server, tiny_arcface, tmp_path, monkeypatch, capsys):
+    name = "recognition_arcface_ir_se50.pth"
+    server.files[f"{DET}/{name}"] = tiny_arcface
+    server.modes[f"{DET}/{name}"] = "drop_first"
+    monkeypatch.setitem(dl._IDENTITY_FACTS, "arcface", {"sha256": _sha(tiny_arcface)})
+    monkeypatch.setenv(dl.IDENTITY_URL_ENV, server.base + DET)
+    out_dir = tmp_path / "models"
+    assert cli.main(["download", "--models", str(out_dir), "--only", "identity", "--retries", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"{name}: downloaded and verified" in out and "done: 1 files ready" in out
+    assert (out_dir / name).read_bytes() == tiny_arcface
+    ranges = server.requests_for(f"{DET}/{name}")
+    assert ranges == [None, f"bytes={len(tiny_arcface) // 3}-"]          # the dropped transfer was resumed
+    assert dl.read_download_records(out_dir)[name]["sha256"] == _sha(tiny_arcface)
+    assert cli.main(["download", "--models", str(out_dir), "--only", "identity"]) == 0
+    assert f"{name}: already present, valid" in capsys.readouterr().out
+    assert len(server.requests_for(f"{DET}/{name}")) == 2
+
+
+def test_identity_file_with_wrong_bytes_or_that_does_not_load_is_rejected(server, tiny_arcface, tmp_path,
+                                                                          monkeypatch):
+    name = "recognition_arcface_ir_se50.pth"
+    server.files[f"{DET}/{name}"] = tiny_arcface                      # loads, but is not the official file
+    with pytest.raises(DownloadError, match=r"wrong bytes.*expected a035c768"):
+        dl.download_file(dl.identity_remote_file(base_url=server.base + DET), tmp_path, backoff=0)
+    _assert_nothing_left(tmp_path, name)
+    garbage = b"<html>captive portal</html>" * 50
+    server.files[f"{DET}/{name}"] = garbage
+    monkeypatch.setitem(dl._IDENTITY_FACTS, "arcface", {"sha256": _sha(garbage)})
+    with pytest.raises(DownloadError, match="does not load as arcface"):
+        dl.download_file(dl.identity_remote_file(base_url=server.base + DET), tmp_path, backoff=0)
+    _assert_nothing_left(tmp_path, name)

@@ -136,3 +136,38 @@ def test_detector_check_rejects_a_misnamed_backbone(models):
     row = _row(rows, "detection_Resnet50_Final.pth")
     # The pinned sha256 prefix/suffix of the real ResNet-50 file already tells it apart.
     assert row.problem and "6d1de9c2" in row.problem
+
+
+def test_identity_file_is_an_optional_row(models, capsys, monkeypatch):
+    from identity_models import write_tiny_arcface
+
+    from vspbfr_core import download as dl
+
+    name = "recognition_arcface_ir_se50.pth"
+    row = _row(inspect_models_dir(models), name)
+    assert (row.role, row.state, row.kind, row.problem) == ("identity", "missing", "arcface (optional)", None)
+    assert cli.main(["info", str(models)]) == 0                      # its absence changes nothing
+    out = capsys.readouterr().out
+    assert "ready: all 3 networks" in out and "missing or unusable" not in out
+    assert f"get it with `vspbfr download --models {models} --only identity`" in out
+    assert cli.main(["info", str(models), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] and any(f["name"] == name and f["state"] == "missing" for f in data["files"])
+
+    data = write_tiny_arcface(models / name).read_bytes()
+    row = _row(inspect_models_dir(models, check=True), name)
+    assert row.state == "present" and "expected a035c768" in row.problem    # not the official file
+    monkeypatch.setitem(dl._IDENTITY_FACTS, "arcface", {"sha256": hashlib.sha256(data).hexdigest()})
+    row = _row(inspect_models_dir(models, check=True), name)
+    assert row.checked and row.problem is None
+
+    det = (models / "detection_mobilenet0.25_Final.pth").read_bytes()
+    monkeypatch.setitem(dl._DETECTOR_FACTS, "mobile0.25", {"size": len(det), "sha256": hashlib.sha256(det).hexdigest()})
+    assert cli.main(["info", str(models), "--check"]) == 0
+    assert capsys.readouterr().out.count("[check ok]") == 6          # 3 .pt + 1 .safetensors + detector + ArcFace
+    (models / name).write_bytes(data[: len(data) // 2])             # a damaged optional file is a problem
+    monkeypatch.setitem(dl._IDENTITY_FACTS, "arcface", {})
+    assert cli.main(["info", str(models), "--check"]) == 1
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith(name))
+    assert "PROBLEM" in line and "missing or unusable" not in out
