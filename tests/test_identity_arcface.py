@@ -282,7 +282,8 @@ def test_dtypes_channels_and_empty_batches(tiny_embedder):
     g = torch.Generator().manual_seed(2)
     rgb = torch.rand(3, 3, 96, 96, generator=g)
     base = tiny_embedder.embed_crops(rgb)
-    assert base.shape == (3, 24) and base.dtype == torch.float32
+    assert base.shape == (3, 24) and base.dtype == torch.float32 and not base.requires_grad
+    base.mul_(1.0)                                           # an ordinary tensor (not an inference tensor): in place works
     assert torch.allclose(base.norm(dim=1), torch.ones(3, device=base.device), atol=1e-5)
     assert torch.allclose(tiny_embedder.embed_crops(rgb.double()), base, atol=1e-6)
     assert torch.allclose(tiny_embedder.embed_crops(rgb.half()), base, atol=2e-2)

@@ -26,8 +26,9 @@ An interrupted download is resumed by running the same command again."""
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("download", help="download the official model files (resumable, verified)",
                        description="Download the three VSPBFR networks and the RetinaFace face detector into\n"
-                                   "the models folder. Files already present and valid are skipped; every new file\n"
-                                   "is checked (size, sha256 where known, a load test) before it gets its final name.",
+                                   "the models folder (--only identity: the optional ArcFace identity network).\n"
+                                   "Files already present and valid are skipped; every new file is checked (size,\n"
+                                   "sha256 where known, a load test) before it gets its final name.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", "--to", dest="to", metavar="DIR", default=None,
                    help="models folder to download into (--to is the same; default: see below)")

@@ -102,7 +102,7 @@ class FaceEmbedder(abc.ABC):
         crops = check_crops(crops, min_size=self.min_crop_size)
         if crops.shape[0] == 0:
             return torch.zeros(0, self.dim, device=self.device)
-        with torch.inference_mode():
+        with torch.no_grad():
             out = self._embed(crops)
         return out.to(self.device, torch.float32)
 
@@ -127,7 +127,7 @@ class FaceEmbedder(abc.ABC):
         dets = Detections(index[order], boxes[order], landmarks[order], torch.ones(len(order)),
                           torch.zeros(len(order), dtype=torch.long), images.shape[0],
                           (int(images.shape[2]), int(images.shape[3])))
-        with torch.inference_mode():
+        with torch.no_grad():
             crops = align_faces(images.to(torch.float32), dets, ALIGN_SIZE).crops
         out = self.embed_crops(crops)
         result = torch.empty_like(out)
