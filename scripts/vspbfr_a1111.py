@@ -275,7 +275,9 @@ def _install_host_hints() -> None:
     """Messages of vspbfr_core (e.g. a missing file named by the loader) give this webui's command and setting."""
     core_paths.set_host_hints(core_paths.HostHints(
         download=lambda folder, detector, only: download_command(str(folder), detector, only_detector=only),
-        choose_folder="Settings > Face restoration > 'VSPBFR models folder'"))
+        choose_folder="Settings > Face restoration > 'VSPBFR models folder'",
+        download_identity=lambda folder: (f'cd "{EXTENSION_DIR}" && "{sys.executable}" -m vspbfr_core download '
+                                          f'--models "{folder}" --only identity')))
 
 
 #----------------------------------------------------------------------------
