@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["available_bytes", "format_bytes", "is_out_of_memory", "image_bytes", "paste_bytes", "ensure_available",
-           "guard", "scaled_size", "ADVICE"]
+           "guard", "scaled_size", "result_bytes", "ADVICE"]
 
 ADVICE = ("Use a lower upscale, a smaller image (or fewer images per batch), or a device with more memory "
           "(a GPU with more memory, or the CPU with more RAM).")
@@ -118,15 +118,28 @@ def paste_bytes(batch: int, channels: int, height: int, width: int, out_h: int, 
     work = torch.float64 if dtype == torch.float64 else torch.float32
     need = image_bytes(batch, channels, out_h, out_w, dtype)                 # the output
     need += image_bytes(batch, 1, out_h, out_w, dtype)                       # its mask
-    if (out_h, out_w) != (height, width):
-        need += image_bytes(batch, channels, out_h, out_w, work)             # the resampled copy before the cast
-        if dtype != work:
-            need += image_bytes(batch, channels, height, width, work)
+    if (out_h, out_w) != (height, width) and dtype != work:
+        need += image_bytes(batch, channels, height, width, work)            # the input in the work dtype
+        need += image_bytes(batch, channels, out_h, out_w, work)             # resampled there, before the cast
     areas = [int(a) for a in face_areas]
     if areas:
         per_pixel = PASTE_VALUES_PER_FACE_PIXEL * _elem(work) + channels * _elem(dtype)   # + kept original
         need += int(GROUP_WASTE * sum(areas) * per_pixel)
     need += 3 * image_bytes(crops, channels, crop_size, crop_size, work)     # crops in the work dtype, colour match
+    return need
+
+
+def result_bytes(batch: int, host_channels: int, out_h: int, out_w: int, in_hw: tuple[int, int] | None = None) -> int:
+    """Peak bytes of a whole restored batch at ``out_h x out_w`` on the working device: the float32 RGB output and
+    its mask, the two copies :func:`vspbfr_core.image.to_host` makes (clamped RGB, then the host layout with
+    ``host_channels``) and, with ``in_hw``, the float32 working copy of the input."""
+    import torch
+
+    f32 = torch.float32
+    need = 2 * image_bytes(batch, 3, out_h, out_w, f32) + image_bytes(batch, 1, out_h, out_w, f32)
+    need += image_bytes(batch, host_channels, out_h, out_w, f32)
+    if in_hw is not None:
+        need += image_bytes(batch, 3, in_hw[0], in_hw[1], f32)
     return need
 
 

@@ -346,14 +346,14 @@ class VSPBFRModel(nn.Module):
         half = outputs[0].dtype in (torch.float16, torch.bfloat16) or self.compute_dtype in (torch.float16,
                                                                                               torch.bfloat16)
         what = ("the weights given in memory contain NaN / inf values or are damaged" if source == IN_MEMORY else
-                f"the model file {source} is probably damaged: re-download it (vspbfr download) and check it with "
+                "the model file is probably damaged: re-download it (vspbfr download) and check it with "
                 "'vspbfr info --check'")
-        hint = (f"Under {str(self.compute_dtype).replace('torch.', '')} the values may have overflowed: try float32 "
-                f"first; otherwise {what}." if half else f"{what[0].upper()}{what[1:]}; running in float32 does "
-                "not change this.")
+        precision = str(self.compute_dtype).replace("torch.", "")
+        hint = (f"Under {precision} the values may have overflowed: try float32 first; otherwise {what}." if half
+                else f"{what[0].upper()}{what[1:]} (it ran in {precision}, so a precision overflow is unlikely).")
         raise NonFiniteError(
             f"stage '{stage}': the {label} produced {bad} NaN or infinite value(s) of {total} ({dtype} on "
-            f"{outputs[0].device}) from finite inputs; weights: {source}. {hint}",
+            f"{outputs[0].device}) from finite inputs (weights: {source}). {hint}",
             stage=stage, network=network, source=source)
 
     def restore(self, faces: torch.Tensor, bank: list[torch.Tensor], prompts: torch.Tensor, noise: RestoreNoise,

@@ -214,6 +214,11 @@ def _check_crops(crops: Any, where: str) -> torch.Tensor:
     return crops
 
 
+def _device(device: Any, what: str) -> torch.device:
+    """:func:`~vspbfr_core.devices.resolve_device`, a ``torch.device`` named as ``'cuda:3'`` in its messages."""
+    return resolve_device(str(device) if isinstance(device, torch.device) else device, what=what)
+
+
 def _face_keys(face_keys: Any) -> list[int]:
     """Per-face generator indices: a sequence (or 1-d tensor) of ints >= 0."""
     if isinstance(face_keys, torch.Tensor) and face_keys.dim() == 1 and not face_keys.is_floating_point():
@@ -241,7 +246,7 @@ class VSPBFRPipeline:
             raise InputError(f"VSPBFRPipeline: detector must be a face detector module or None, got "
                              f"{describe_value(detector)}")
         self.chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
-        self.offload_device = resolve_device(offload_device, what="offload_device")
+        self.offload_device = _device(offload_device, "offload_device")
         self.model = model.eval()
         self.model.allow_tf32 = allow_tf32     # CUDA float32 bank + restoration in TF32 (see VSPBFRModel)
         if compile:     # opt-in torch.compile; a dict holds torch.compile options (mode, backend, dynamic)
@@ -298,7 +303,7 @@ class VSPBFRPipeline:
         that exists here (:func:`vspbfr_core.devices.resolve_device`; anything else is an InputError before
         anything moves); ``None`` keeps the current device.
         """
-        target = self.device if device is None else resolve_device(device, what="VSPBFRPipeline.to: device")
+        target = self.device if device is None else _device(device, "VSPBFRPipeline.to: device")
         dtype = check_precision(target, self.dtype if dtype is None else dtype)
         with memory.guard(f"moving the networks to {target}", target, MEMORY_ADVICE):
             self.model.set_precision(dtype, target if not self.low_memory else self.offload_device)
@@ -345,7 +350,9 @@ class VSPBFRPipeline:
         """Images ``[B, C, H, W]`` in [0, 1] + their detections -> :class:`~vspbfr_core.face.AlignedFaces`."""
         from .face import Detections, align_faces
 
-        check_bchw(images_bchw, "align: images", dims="B, C, H, W")
+        if not isinstance(images_bchw, torch.Tensor):       # values are checked by align_faces
+            raise InputError(f"align: images: expected a float torch.Tensor [B, C, H, W] in [0, 1], got "
+                             f"{type(images_bchw).__name__}")
         if not isinstance(detections, Detections):
             raise InputError(f"align: expected Detections from detect, got {describe_value(detections)}")
         return align_faces(images_bchw.to(self.device), detections.to(self.device), size=self.model.resolution)
@@ -499,7 +506,9 @@ class VSPBFRPipeline:
         """Blend restored crops ``[F, C, R, R]`` in [0, 1] into the images ``[B, C, H, W]`` they were aligned from."""
         from .face import paste_faces
 
-        check_bchw(images_bchw, "paste: images", dims="B, C, H, W")
+        if not isinstance(images_bchw, torch.Tensor):       # values are checked by paste_faces
+            raise InputError(f"paste: images: expected a float torch.Tensor [B, C, H, W] in [0, 1], got "
+                             f"{type(images_bchw).__name__}")
         check_bchw(restored, "paste: restored crops", dims="F, C, R, R", allow_empty=True)
         o = resolve_options(options, where="paste: options")
         kwargs: dict[str, Any] = dict(visibility=o.visibility, mask_shape=o.mask_shape,
@@ -512,17 +521,13 @@ class VSPBFRPipeline:
 
     def _ensure_memory(self, batch: int, channels: int, out_h: int, out_w: int, what: str,
                        in_hw: tuple[int, int] | None = None) -> None:
-        """Refuse up front when the whole-image work (float32 output, its mask, the two copies :func:`to_host`
-        makes and, off the CPU, the host copy) cannot fit on the device (see :mod:`vspbfr_core.memory`)."""
-        f32 = torch.float32
-        device_need = (2 * memory.image_bytes(batch, 3, out_h, out_w, f32) + memory.image_bytes(batch, 1, out_h, out_w, f32)
-                       + memory.image_bytes(batch, channels, out_h, out_w, f32))
-        if in_hw is not None:
-            device_need += memory.image_bytes(batch, 3, *in_hw, f32)          # the float32 working copy
-        memory.ensure_available(device_need, self.device, what, MEMORY_ADVICE)
+        """Refuse up front when the whole-image work (:func:`vspbfr_core.memory.result_bytes`) cannot fit on the
+        device, or, off the CPU, the result copied back to the CPU cannot fit there."""
+        memory.ensure_available(memory.result_bytes(batch, channels, out_h, out_w, in_hw), self.device, what,
+                                MEMORY_ADVICE)
         if self.device.type != "cpu":
-            memory.ensure_available(memory.image_bytes(batch, channels, out_h, out_w, f32), torch.device("cpu"),
-                                    f"{what} (the result copied to the CPU)", MEMORY_ADVICE)
+            memory.ensure_available(memory.image_bytes(batch, channels, out_h, out_w, torch.float32),
+                                    torch.device("cpu"), f"{what} (the result copied to the CPU)", MEMORY_ADVICE)
 
     # -- the whole job -----------------------------------------------------------------------------
 
@@ -554,7 +559,8 @@ class VSPBFRPipeline:
         progress = Progress(3 * n + 2, callback)
         progress.step("detect")
         if n == 0:
-            log.info("no face selected in %d image(s); returning them unchanged", images.shape[0])
+            log.warning("no face selected in %d image(s); returning them unchanged%s", images.shape[0],
+                        f" (resized by {o.upscale:g})" if o.upscale != 1.0 else "")
             out = rgb
             if o.upscale != 1.0:
                 out, _ = self.paste(rgb, rgb.new_zeros(0, 3, self.model.resolution, self.model.resolution),
@@ -620,6 +626,6 @@ def load_pipeline(models_dir: str | os.PathLike[str] | None = None, *, device: s
     The device (a name, ``"auto"`` or a ``torch.device``) and the dtype are checked before any file is read: an
     unavailable or misspelled device is an InputError, an unsupported precision an UnsupportedDtypeError.
     """
-    target = resolve_device(device, what="load_pipeline: device")
+    target = _device(device, "load_pipeline: device")
     check_precision(target, dtype)
     return VSPBFRPipeline.from_dir(models_dir, **kwargs).to(target, dtype)
