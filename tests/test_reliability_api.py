@@ -151,7 +151,8 @@ CALL_ERRORS = [
     # options objects
     ("options-dict", lambda c: c.pipe.restore_aligned(c.faces, {"seed": 1}), InputError,
      r"expected a vspbfr_core\.pipeline\.RestoreOptions or None, got dict .*RestoreOptions\(\*\*your_dict\)"),
-    ("options-str", lambda c: c.pipe.restore_aligned(c.faces, "seed=1"), InputError, r"RestoreOptions or None, got str"),
+    ("options-str", lambda c: c.pipe.restore_aligned(c.faces, "seed=1"), InputError,
+     r"RestoreOptions or None, got str"),
     ("options-dict-call", lambda c: c.pipe(c.faces, {"upscale": 2}), InputError, r"RestoreOptions or None, got dict"),
     ("options-dict-restore_faces", lambda c: c.pipe.restore_faces(c.crops, options={"seed": 1}), InputError,
      r"restore_faces: options: expected a vspbfr_core\.pipeline\.RestoreOptions"),
@@ -176,7 +177,8 @@ CALL_ERRORS = [
      CROPS_EXPECTED + r", got list \(stack the images"),
     ("restore_faces-host-layout", lambda c: c.pipe.restore_faces(c.faces), InputError,
      r"expected 3 channels in dimension 1 of \[F, 3, H, W\].*host IMAGE"),
-    ("restore_faces-3d", lambda c: c.pipe.restore_faces(c.crops[0]), InputError, r"expected a 4-d tensor \[F, 3, H, W\]"),
+    ("restore_faces-3d", lambda c: c.pipe.restore_faces(c.crops[0]), InputError,
+     r"expected a 4-d tensor \[F, 3, H, W\]"),
     ("restore_faces-nan", lambda c: c.pipe.restore_faces(with_value(c.crops, NAN)), InputError,
      r"restore_faces: crops: contains 1 NaN or infinite value"),
     ("restore_faces-inf", lambda c: c.pipe.restore_faces(with_value(c.crops, INF)), InputError,
@@ -246,7 +248,8 @@ CALL_ERRORS = [
     ("to-int", lambda c: c.pipe.to(3), InputError, r"expected a device name such as 'cpu'.*got int 3"),
     ("to-dtype-str", lambda c: c.pipe.to("cpu", "float32"), UnsupportedDtypeError, r"expected a torch\.dtype"),
     ("to-dtype-int8", lambda c: c.pipe.to("cpu", torch.int8), UnsupportedDtypeError, r"unsupported dtype torch\.int8"),
-    ("to-fp16-cpu", lambda c: c.pipe.to("cpu", torch.float16), UnsupportedDtypeError, r"float16 is not supported on CPU"),
+    ("to-fp16-cpu", lambda c: c.pipe.to("cpu", torch.float16), UnsupportedDtypeError,
+     r"float16 is not supported on CPU"),
     ("load_pipeline-typo-before-files", lambda c: load_pipeline("/nonexistent/vspbfr", device="gpu"), InputError,
      r"load_pipeline: device: unknown device 'gpu'"),
     pytest.param("load_pipeline-cuda-before-files", lambda c: load_pipeline("/nonexistent/vspbfr", device="cuda:0"),
@@ -368,7 +371,8 @@ MEMORY_ERRORS = [
     ("restore_aligned-upscale8", 1_000_000,
      lambda c: c.pipe.restore_aligned(torch.rand(4, 64, 64, 3), upscale=8.0),
      r"restoring 4 aligned face\(s\) of 64x64 at upscale 8 \(512x512\) would need about"),
-    ("paste-upscale", 1_000_000, lambda c: c.pipe.paste(c.images, c.aligned.crops, c.aligned, RestoreOptions(upscale=8)),
+    ("paste-upscale", 1_000_000,
+     lambda c: c.pipe.paste(c.images, c.aligned.crops, c.aligned, RestoreOptions(upscale=8)),
      r"paste_faces \(1 image\(s\) of 64x64 -> 512x512, 1 face\(s\)\) would need about \d+\.\d MB"),
     ("paste_faces-upscale16", 1_000_000, lambda c: paste_faces(c.images, c.aligned.crops, c.aligned, upscale=16),
      r"would need about .* but only 1\.0 MB is available"),
@@ -552,6 +556,7 @@ def test_clean_error_for_a_detector_with_nan_weights_instead_of_zero_faces(detec
     p = copy.deepcopy(detector_pipe)
     with torch.no_grad():
         next(p.detector.parameters()).view(-1)[0] = NAN
-    with pytest.raises(NonFiniteError, match=r"stage 'detect'.*detection_mobilenet0\.25_Final\.pth.*re-download") as info:
+    message = r"stage 'detect'.*detection_mobilenet0\.25_Final\.pth.*re-download"
+    with pytest.raises(NonFiniteError, match=message) as info:
         p(photo())
     assert info.value.stage == "detect" and info.value.source.endswith("detection_mobilenet0.25_Final.pth")

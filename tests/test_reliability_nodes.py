@@ -149,6 +149,14 @@ def other_faces(e):
     return e.handles.FaceSet(e.faces.detections, dataclasses.replace(e.faces.aligned, image_size=(32, 48)), DETECTOR)
 
 
+def no_faces(e, batch: int):
+    """The FaceSet of a batch of ``batch`` 64 x 64 images where no face was found."""
+    aligned = dataclasses.replace(e.faces.aligned, crops=e.faces.aligned.crops[:0], affine=e.faces.aligned.affine[:0],
+                                  inverse=e.faces.aligned.inverse[:0], image_index=e.faces.aligned.image_index[:0],
+                                  num_images=batch)
+    return e.handles.FaceSet(type(e.faces.detections).empty(batch, (64, 64)), aligned, DETECTOR)
+
+
 def in_unit_range(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1)
 
@@ -298,10 +306,7 @@ def test_clean_error_for_non_finite_weights_in_the_all_in_one_node(env, network)
 MEMORY_CASES = [
     ("paste-upscale8", lambda e: paste(e, upscale=8.0), r"pasting into 1 image\(s\) of 64x64 at upscale 8 \(512x512\) "
      r"would need about \d+\.\d MB of memory at once, but only 1\.0 MB is available on cpu\. Use a lower upscale"),
-    ("paste-batch", lambda e: paste(e, image=torch.rand(8, 64, 64, 3), faces=e.handles.FaceSet(
-        type(e.faces.detections).empty(8, (64, 64)), dataclasses.replace(e.faces.aligned, crops=e.faces.aligned.crops[:0],
-                                                               image_index=e.faces.aligned.image_index[:0],
-                                                               num_images=8), DETECTOR), upscale=4.0),
+    ("paste-batch", lambda e: paste(e, image=torch.rand(8, 64, 64, 3), faces=no_faces(e, 8), upscale=4.0),
      r"pasting into 8 image\(s\) of 64x64 at upscale 4 \(256x256\) would need about"),
 ]
 

@@ -50,7 +50,7 @@ from .checks import check_choice, check_float, check_int, describe_value
 from .devices import resolve_device
 from .errors import InputError, InsufficientMemoryError, UnsupportedDtypeError, VSPBFRError
 from .image import check_bchw
-from .model import IN_MEMORY, RestoreNoise, VSPBFRModel
+from .model import RestoreNoise, VSPBFRModel
 from .progress import Progress, ProgressCallback
 from .rng import make_generator
 
