@@ -30,7 +30,7 @@ from ..vspbfr_core import memory
 from ..vspbfr_core.checks import check_bool, check_choice, check_float, check_int, describe_value
 from ..vspbfr_core.errors import InputError
 from ..vspbfr_core.image import from_host, to_host
-from ..vspbfr_core.pipeline import MEMORY_ADVICE, RestoreOptions, StylePrompts, VSPBFRPipeline
+from ..vspbfr_core.pipeline import MEMORY_ADVICE, RestoreOptions, StylePrompts, VSPBFRPipeline, check_precision
 from ..vspbfr_core.progress import Progress
 from . import comfy_host as host
 from .handles import FaceSet, ModelHandle, StyleSet
@@ -56,6 +56,9 @@ def input_images(image: torch.Tensor | None, latent: dict | None, vae: Any) -> t
     if image is not None:
         return image
     if latent is not None:
+        if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
+            raise InputError(f"latent: expected a LATENT (a dict with a 'samples' tensor), got "
+                             f"{describe_value(latent)}")
         return host.vae_decode(vae, latent)
     raise InputError("connect an IMAGE, or a LATENT together with its VAE")
 
@@ -117,7 +120,7 @@ def load_model(files: dict[str, str], precision: str = "auto") -> ModelHandle:
     paths = {kind: host.resolve_model_file(files[kind]) for kind in KINDS}
     pipeline = VSPBFRPipeline.from_dir(None, detector=None, files=paths, offload_device=host.offload_device())
     num_params = sum(p.numel() for p in pipeline.model.parameters())
-    dtype = host.choose_dtype(precision, host.torch_device(), num_params)
+    dtype = check_precision(host.torch_device(), host.choose_dtype(precision, host.torch_device(), num_params))
     size = sum(t.numel() for t in pipeline.model.state_dict().values()) * (torch.finfo(dtype).bits // 8)
     patcher = host.wrap_model(pipeline.model, size)
     log.info("VSPBFR networks loaded from %s (%s)", ", ".join(os.path.basename(p) for p in paths.values()), dtype)
@@ -297,10 +300,7 @@ def paste(images: torch.Tensor, faces: FaceSet, restored: torch.Tensor, *, visib
                              "come from this detect node's crops, in the same order")
     else:
         crops = rgb.new_zeros(0, 3, faces.aligned.size, faces.aligned.size)
-    batch, _, height, width = rgb.shape
-    out_h, out_w = memory.scaled_size(height, width, float(upscale))
-    what = f"pasting into {batch} image(s) of {width}x{height} at upscale {float(upscale):g} ({out_w}x{out_h})"
-    memory.ensure_available(memory.result_bytes(batch, layout.channels, out_h, out_w), rgb.device, what, MEMORY_ADVICE)
+    _ensure_paste_memory(images, float(upscale), rgb.device)
     kwargs: dict[str, Any] = dict(visibility=visibility, mask_shape=mask_shape, upscale=upscale,
                                   color_correction=None if color_correction == "none" else color_correction)
     if feather is not None:
@@ -309,6 +309,16 @@ def paste(images: torch.Tensor, faces: FaceSet, restored: torch.Tensor, *, visib
         out, mask = paste_faces(rgb.float(), crops.float().to(rgb.device), faces.aligned, **kwargs)
         device = host.intermediate_device()
         return to_host(out, layout).to(device), mask.float().to(device)
+
+
+def _ensure_paste_memory(images: torch.Tensor, upscale: float, device: torch.device) -> None:
+    """Refuse up front when pasting into ``images`` (IMAGE ``[B, H, W, C]``) at ``upscale`` cannot fit in memory."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        return                                                  # from_host reports what is wrong with it
+    batch, height, width, channels = images.shape
+    out_h, out_w = memory.scaled_size(height, width, upscale)
+    what = f"pasting into {batch} image(s) of {width}x{height} at upscale {upscale:g} ({out_w}x{out_h})"
+    memory.ensure_available(memory.result_bytes(batch, channels, out_h, out_w), device, what, MEMORY_ADVICE)
 
 
 def face_restore(handle: ModelHandle, images: torch.Tensor, *, detector: str, seed: int, fidelity: float = 1.0,
@@ -321,6 +331,7 @@ def face_restore(handle: ModelHandle, images: torch.Tensor, *, detector: str, se
     check_bool(only_center_face, "only_center_face")
     RestoreOptions(seed=seed, prompt_mix=fidelity, visibility=visibility, upscale=upscale, selection=selection,
                    threshold=threshold).validate()
+    _ensure_paste_memory(images, float(upscale), host.intermediate_device())     # before any detection work
     det_patcher = get_detector(detector)[1]
     faces = find_faces(images, detector, threshold=threshold, selection="center" if only_center_face else selection,
                        size=handle.resolution, callback=callback, extra=[handle.patcher])

@@ -265,6 +265,17 @@ CALL_ERRORS = [
      r"expected a VSPBFRModel, got dict"),
     ("pipeline-offload-typo", lambda c: VSPBFRPipeline(c.pipe.model, offload_device="cpu0"), InputError,
      r"offload_device: unknown device 'cpu0'"),
+    ("pipeline-compile-str", lambda c: VSPBFRPipeline(c.pipe.model, compile="yes"), InputError,
+     r"compile: expected True, False or a dict"),
+    ("pipeline-low-memory-str", lambda c: VSPBFRPipeline(c.pipe.model, low_memory="no"), InputError,
+     r"low_memory: expected True or False"),
+    ("from_dir-files-typo", lambda c: VSPBFRPipeline.from_dir(None, files={"restoration": "x.pt"}), InputError,
+     r"files: unknown kind\(s\) restoration; use style_encoder_decoder, code_diffuser, restoration_net"),
+    ("from_dir-models-dir-int", lambda c: VSPBFRPipeline.from_dir(5), InputError, r"models_dir: expected a folder path"),
+    ("from_dir-unknown-kwarg", lambda c: load_pipeline("/nonexistent", chunk=2), InputError,
+     r"unknown pipeline option\(s\) chunk; accepted: allow_tf32, chunk_size"),
+    ("from_dir-detector-type", lambda c: VSPBFRPipeline.from_dir(None, detector=True), InputError,
+     r"detector: expected a detector name"),
 ]
 
 

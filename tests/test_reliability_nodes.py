@@ -193,6 +193,8 @@ NODE_ERRORS = [
     ("detect-image-bchw", lambda e: detect(e, image=e.image.permute(0, 3, 1, 2)), "InputError", r"\[B, C, H, W\]"),
     ("detect-image-numpy", lambda e: detect(e, image=e.image.numpy()), "InputError", r"got ndarray"),
     ("detect-nothing-connected", lambda e: detect(e, image=None), "InputError", r"connect an IMAGE"),
+    ("detect-latent-not-a-dict", lambda e: detect(e, image=None, latent=torch.zeros(1, 4, 8, 8)), "InputError",
+     r"latent: expected a LATENT \(a dict with a 'samples' tensor\)"),
     ("detect-latent-without-vae", lambda e: detect(e, image=None, latent={"samples": torch.zeros(1, 4, 8, 8)}),
      "InputError", r"needs the VAE input"),
     # style prompt node
@@ -255,6 +257,8 @@ NODE_ERRORS = [
      r"precision: expected one of 'auto', 'fp32', 'fp16', 'bf16'"),
     ("load-file-none", lambda e: load(e, code_diffuser=None), "InputError",
      r"code_diffuser: expected a file name from the 'vspbfr' model folder"),
+    ("load-fp16-on-cpu", lambda e: load(e, precision="fp16"), "UnsupportedDtypeError",
+     r"float16 is not supported on CPU"),
     ("load-file-missing", lambda e: load(e, restoration_net="nope.pt"), "ModelNotFoundError", r"nope\.pt"),
 ]
 
@@ -304,6 +308,8 @@ def test_clean_error_for_non_finite_weights_in_the_all_in_one_node(env, network)
 
 
 MEMORY_CASES = [
+    ("all-in-one-upscale8-before-detection", lambda e: all_in_one(e, upscale=8.0),
+     r"pasting into 1 image\(s\) of 64x64 at upscale 8 \(512x512\) would need about"),
     ("paste-upscale8", lambda e: paste(e, upscale=8.0), r"pasting into 1 image\(s\) of 64x64 at upscale 8 \(512x512\) "
      r"would need about \d+\.\d MB of memory at once, but only 1\.0 MB is available on cpu\. Use a lower upscale"),
     ("paste-batch", lambda e: paste(e, image=torch.rand(8, 64, 64, 3), faces=no_faces(e, 8), upscale=4.0),
@@ -316,6 +322,7 @@ def test_clean_error_for_work_larger_than_the_memory(env, monkeypatch, call, mes
     monkeypatch.setattr(env.memory, "available_bytes", lambda device="cpu": 1_000_000)
     monkeypatch.setattr(sys.modules[stubs.PACK + ".vspbfr_core.face.paste"], "_paste_faces",
                         lambda *a, **k: pytest.fail("refused too late"))
+    monkeypatch.setattr(env.ops, "find_faces", lambda *a, **k: pytest.fail("refused after detection"))
     with pytest.raises(env.errors.InsufficientMemoryError, match=message):
         call(env)
 

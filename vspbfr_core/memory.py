@@ -6,9 +6,11 @@ out-of-memory error into advice instead of a traceback.
   free device memory plus what PyTorch's caching allocator holds unused.  ``None`` means unknown (MPS,
   other backends, an unreadable ``/proc``): nothing is refused then.  Code calls it through this module
   (``memory.available_bytes``), so tests can monkeypatch it to fake a small machine.
-* :func:`paste_bytes` / :func:`image_bytes` estimate the peak of the paste-back and of whole-image
-  copies (the upscaled output dominates: a 6000 x 4000 RGB photo at ``upscale=8`` is 48000 x 32000 x 3
-  float32 values, about 18 GB, in one allocation).
+* :func:`paste_bytes` estimates the peak of :func:`~vspbfr_core.face.paste_faces` (output, mask and the
+  per-face working tensors), :func:`result_bytes` the peak of a whole restored batch on its way back to
+  the host (output, mask and the two copies ``to_host`` makes); the upscaled output dominates both: a
+  6000 x 4000 RGB photo at ``upscale=8`` is 48000 x 32000 x 3 float32 values, about 18.4 GB, in one
+  allocation (``paste_faces`` needs 24.6 GB with its mask, the pipeline about 62 GB until the host copy).
 * :func:`ensure_available` raises :class:`~vspbfr_core.errors.InsufficientMemoryError` naming the size,
   what is available and what to do, when an estimate exceeds the available memory.
 * :func:`guard` converts ``MemoryError`` and PyTorch's out-of-memory errors (CUDA, and the CPU
@@ -32,8 +34,8 @@ __all__ = ["available_bytes", "format_bytes", "is_out_of_memory", "image_bytes",
 
 ADVICE = ("Use a lower upscale, a smaller image (or fewer images per batch), or a device with more memory "
           "(a GPU with more memory, or the CPU with more RAM).")
-PASTE_VALUES_PER_FACE_PIXEL = 14    # paste_faces per output pixel of a face region: grid 2, warped face 3,
-                                     # mask 1, warped original 3, change 2, keep 1, target 3 (+ slack), RGB
+PASTE_VALUES_PER_FACE_PIXEL = 14    # paste_faces, per output pixel of an RGB face region: grid 2, warped face 3,
+                                     # mask 1, warped original 3, change 2, keep 1, target 3 (blend temporaries)
 GROUP_WASTE = 2.0                   # face regions are padded to their group's largest (face/paste.py)
 
 

@@ -34,6 +34,7 @@ Reliability rules (every public method):
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -46,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import memory
-from .checks import check_choice, check_float, check_int, describe_value
+from .checks import check_bool, check_choice, check_float, check_int, describe_value
 from .devices import resolve_device
 from .errors import InputError, InsufficientMemoryError, UnsupportedDtypeError, VSPBFRError
 from .image import check_bchw
@@ -59,6 +60,7 @@ __all__ = ["VSPBFRPipeline", "RestoreOptions", "RestoreResult", "StylePrompts", 
 log = logging.getLogger(__name__)
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+MODEL_KINDS = ("style_encoder_decoder", "code_diffuser", "restoration_net")
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,11 @@ class VSPBFRPipeline:
                              f"{describe_value(detector)}")
         self.chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
         self.offload_device = _device(offload_device, "offload_device")
+        check_bool(low_memory, "low_memory")
+        check_bool(allow_tf32, "allow_tf32")
+        if not isinstance(compile, (bool, dict)):
+            raise InputError(f"compile: expected True, False or a dict of torch.compile options, got "
+                             f"{describe_value(compile)}")
         self.model = model.eval()
         self.model.allow_tf32 = allow_tf32     # CUDA float32 bank + restoration in TF32 (see VSPBFRModel)
         if compile:     # opt-in torch.compile; a dict holds torch.compile options (mode, backend, dynamic)
@@ -273,10 +280,28 @@ class VSPBFRPipeline:
         from .checkpoints import load_checkpoint
         from .paths import find_model_file, resolve_models_dir
 
+        if models_dir is not None and not isinstance(models_dir, (str, os.PathLike)):
+            raise InputError(f"models_dir: expected a folder path or None, got {describe_value(models_dir)}")
+        if files is not None and not isinstance(files, dict):
+            raise InputError(f"files: expected a dict of kind -> path, got {describe_value(files)}")
+        unknown = sorted(str(k) for k in (files or {}) if k not in MODEL_KINDS)
+        if unknown:
+            raise InputError(f"files: unknown kind(s) {', '.join(unknown)}; use {', '.join(MODEL_KINDS)}")
+        bad = [k for k, v in (files or {}).items() if not isinstance(v, (str, os.PathLike))]
+        if bad:
+            raise InputError(f"files[{bad[0]!r}]: expected a file path, got {describe_value(files[bad[0]])}")
+        if detector is not None and not isinstance(detector, str):
+            raise InputError(f"detector: expected a detector name such as 'retinaface_resnet50' or None, got "
+                             f"{describe_value(detector)}")
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "model", "detector"}
+        unknown = sorted(k for k in kwargs if k not in accepted)
+        if unknown:
+            raise InputError(f"unknown pipeline option(s) {', '.join(unknown)}; accepted: "
+                             f"{', '.join(sorted(accepted))}")
         root = resolve_models_dir(models_dir)
         files = dict(files or {})
         loaded, paths = {}, {}
-        for kind in ("style_encoder_decoder", "code_diffuser", "restoration_net"):
+        for kind in MODEL_KINDS:
             path = Path(files[kind]) if kind in files else find_model_file(kind, [root])
             loaded[kind] = load_checkpoint(path, expect=kind)  # type: ignore[arg-type]
             paths[kind] = str(path)
