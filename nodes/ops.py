@@ -9,6 +9,12 @@ detect -> style prompt -> restore -> paste gives the same pixels as the all-in-o
 Faces are processed in slices (one face on the CPU, the pipeline's chunk elsewhere) with a progress step after each
 stage of each slice: that is where Cancel takes effect, so an interrupt stops a long batch within one face (one
 chunk on a GPU).  Seeds are per face: face ``k`` of an image uses ``make_generator(seed, k)``, whatever batch it is in.
+
+Bad inputs stop the node with a :class:`~vspbfr_core.errors.VSPBFRError` that ComfyUI shows as the node's error:
+widget values are checked (types, ranges, choices) before any model is loaded, IMAGE inputs must be float
+``[B, H, W, C]`` in [0, 1] without NaN, the custom-socket inputs must be the pack's own objects, crops / faces / style
+counts must match, and NaN produced by damaged weights is a NonFiniteError naming the network and its file (never a
+black or white face).  Work too large for the memory is refused up front (InsufficientMemoryError).
 """
 from __future__ import annotations
 
@@ -20,9 +26,11 @@ from typing import Any
 
 import torch
 
+from ..vspbfr_core import memory
+from ..vspbfr_core.checks import check_bool, check_choice, check_float, check_int, describe_value
 from ..vspbfr_core.errors import InputError
 from ..vspbfr_core.image import from_host, to_host
-from ..vspbfr_core.pipeline import RestoreOptions, StylePrompts, VSPBFRPipeline
+from ..vspbfr_core.pipeline import MEMORY_ADVICE, RestoreOptions, StylePrompts, VSPBFRPipeline, check_precision
 from ..vspbfr_core.progress import Progress
 from . import comfy_host as host
 from .handles import FaceSet, ModelHandle, StyleSet
@@ -48,6 +56,9 @@ def input_images(image: torch.Tensor | None, latent: dict | None, vae: Any) -> t
     if image is not None:
         return image
     if latent is not None:
+        if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
+            raise InputError(f"latent: expected a LATENT (a dict with a 'samples' tensor), got "
+                             f"{describe_value(latent)}")
         return host.vae_decode(vae, latent)
     raise InputError("connect an IMAGE, or a LATENT together with its VAE")
 
@@ -63,10 +74,28 @@ def latent_output(vae: Any, images: torch.Tensor, prompt: dict | None, unique_id
 
 def _placeholder(crops: torch.Tensor) -> bool:
     """A detect node that found no face outputs one black crop; such a batch is passed through untouched."""
+    if not isinstance(crops, torch.Tensor):
+        raise InputError(f"crops: expected an IMAGE (a float tensor [F, H, W, C] in [0, 1]), got "
+                         f"{describe_value(crops)}")
     return crops.dim() == 4 and crops.shape[0] == 1 and not bool(crops.any())
 
 
+def _check_handle(handle: Any) -> ModelHandle:
+    if not isinstance(handle, ModelHandle):
+        raise InputError(f"model: expected the VSPBFR_MODEL output of the VSPBFR Load Model node, got "
+                         f"{describe_value(handle)}")
+    return handle
+
+
+def _check_faces(faces: Any, optional: bool = True) -> FaceSet | None:
+    if (faces is None and optional) or isinstance(faces, FaceSet):
+        return faces
+    raise InputError(f"faces: expected the VSPBFR_FACES output of the VSPBFR Detect Faces node, got "
+                     f"{describe_value(faces)}")
+
+
 def _face_keys(count: int, faces: FaceSet | None, what: str) -> list[int]:
+    _check_faces(faces)
     if faces is None:
         return list(range(count))
     if len(faces) != count:
@@ -83,10 +112,15 @@ def _slices(count: int, size: int) -> list[tuple[int, int]]:
 
 def load_model(files: dict[str, str], precision: str = "auto") -> ModelHandle:
     """The three network files (names in the ``vspbfr`` folder) -> a handle ready for ComfyUI's memory manager."""
+    check_choice(precision, "precision", PRECISIONS)
+    for kind in KINDS:
+        if not isinstance(files.get(kind), str) or not files[kind]:
+            raise InputError(f"{kind}: expected a file name from the 'vspbfr' model folder, got "
+                             f"{describe_value(files.get(kind))}")
     paths = {kind: host.resolve_model_file(files[kind]) for kind in KINDS}
     pipeline = VSPBFRPipeline.from_dir(None, detector=None, files=paths, offload_device=host.offload_device())
     num_params = sum(p.numel() for p in pipeline.model.parameters())
-    dtype = host.choose_dtype(precision, host.torch_device(), num_params)
+    dtype = check_precision(host.torch_device(), host.choose_dtype(precision, host.torch_device(), num_params))
     size = sum(t.numel() for t in pipeline.model.state_dict().values()) * (torch.finfo(dtype).bits // 8)
     patcher = host.wrap_model(pipeline.model, size)
     log.info("VSPBFR networks loaded from %s (%s)", ", ".join(os.path.basename(p) for p in paths.values()), dtype)
@@ -119,6 +153,7 @@ def get_detector(name: str) -> tuple[Any, Any]:
     if key not in _DETECTORS:
         _DETECTORS.clear()                                      # one detector at a time; the rest is garbage
         net = load_detector_file(name, path, host.offload_device())
+        net.weights_file = str(path)                            # named by NonFiniteError
         _DETECTORS[key] = (net, host.wrap_model(net, sum(t.numel() * t.element_size()
                                                          for t in net.state_dict().values())))
     return _DETECTORS[key]
@@ -130,7 +165,19 @@ def find_faces(images: torch.Tensor, detector: str, *, threshold: float = DEFAUL
     """Detect, select and align the faces of an IMAGE batch, one image at a time (so a frame gives the same faces
     in any batch, and Cancel acts between frames)."""
     from ..vspbfr_core.face import Detections, align_faces, detect_faces
+    from ..vspbfr_core.face.detect import parse_selection
 
+    check_choice(detector, "facedetection", DETECTORS)
+    threshold = check_float(threshold, "threshold", minimum=0.0, maximum=1.0)
+    min_size = check_float(min_size, "min_size", minimum=0.0)
+    max_faces = check_int(max_faces, "max_faces", minimum=0)
+    if not isinstance(selection, str):
+        raise InputError(f"selection: expected a string ('all', 'largest', 'center' or face indices such as '0,2'), "
+                         f"got {describe_value(selection)}")
+    parse_selection(selection)
+    check_choice(order, "order", ORDERS)
+    size = check_int(size, "face_size", minimum=8, maximum=4096)
+    rgb, _ = from_host(images)                                  # IMAGE checks before any model is loaded
     net, patcher = get_detector(detector)
     device = host.load_models([patcher, *extra], host.memory_estimate(1, 640, torch.float32))
     if not _on_device(net, device):
@@ -142,7 +189,9 @@ def find_faces(images: torch.Tensor, detector: str, *, threshold: float = DEFAUL
                                   selection=selection, order=order))
         progress.step("detect")
     dets = Detections.concat(parts)
-    rgb, _ = from_host(images)
+    if len(dets) == 0:
+        log.warning("VSPBFR: no face selected in %d image(s) (detector %s, threshold %g, selection %r); they pass "
+                    "through unchanged", images.shape[0], detector, threshold, selection)
     aligned = align_faces(rgb.float().cpu(), dets, size=size)
     # channels-last storage: the crops IMAGE output [F, S, S, 3] is then a view of the same memory, not a copy
     aligned = replace(aligned, crops=aligned.crops.contiguous(memory_format=torch.channels_last))
@@ -169,7 +218,9 @@ def style_prompts(handle: ModelHandle, crops: torch.Tensor, seed: int, faces: Fa
                   callback: Any = None) -> StyleSet:
     """Encoder W+ and diffused visual style prompts of aligned crops (``prompt_mix`` 1: fidelity is the restore
     node's business)."""
-    model = handle.pipeline.model
+    model = _check_handle(handle).pipeline.model
+    RestoreOptions(seed=seed).validate()
+    _check_faces(faces)
     if _placeholder(crops):
         enc = model.style_encoder.config
         zeros = torch.zeros(1, enc.num_ws, enc.w_dim)
@@ -198,8 +249,13 @@ def restore_crops(handle: ModelHandle, crops: torch.Tensor, *, seed: int, fideli
                   bank_scale: float = 1.0, style: StyleSet | None = None, faces: FaceSet | None = None,
                   callback: Any = None, extra: Sequence[Any] = ()) -> torch.Tensor:
     """Aligned crops IMAGE ``[F, S, S, C]`` -> restored crops IMAGE ``[F, R, R, 3]`` (R: the model's resolution)."""
+    _check_handle(handle)
     options = RestoreOptions(seed=seed, prompt_mix=fidelity, bank_scale=bank_scale)
     options.validate()
+    _check_faces(faces)
+    if style is not None and not isinstance(style, StyleSet):
+        raise InputError(f"style: expected the VSPBFR_STYLE output of the VSPBFR W+ Style Prompt node, got "
+                         f"{describe_value(style)}")
     device_out = host.intermediate_device()
     if _placeholder(crops):
         return crops.to(device_out)
@@ -231,6 +287,10 @@ def paste(images: torch.Tensor, faces: FaceSet, restored: torch.Tensor, *, visib
     """Blend restored crops into the original IMAGE batch -> (IMAGE, MASK of the pasted area)."""
     from ..vspbfr_core.face import paste_faces
 
+    check_choice(color_correction, "color_correction", COLOR_CORRECTIONS)
+    check_choice(mask_shape, "mask_shape", MASK_SHAPES)
+    RestoreOptions(visibility=visibility, feather=feather, upscale=upscale).validate()
+    _check_faces(faces, optional=False)
     rgb, layout = from_host(images)
     count = len(faces)
     if count:
@@ -240,13 +300,25 @@ def paste(images: torch.Tensor, faces: FaceSet, restored: torch.Tensor, *, visib
                              "come from this detect node's crops, in the same order")
     else:
         crops = rgb.new_zeros(0, 3, faces.aligned.size, faces.aligned.size)
+    _ensure_paste_memory(images, float(upscale), rgb.device)
     kwargs: dict[str, Any] = dict(visibility=visibility, mask_shape=mask_shape, upscale=upscale,
                                   color_correction=None if color_correction == "none" else color_correction)
     if feather is not None:
         kwargs["feather"] = feather
-    out, mask = paste_faces(rgb.float(), crops.float().to(rgb.device), faces.aligned, **kwargs)
-    device = host.intermediate_device()
-    return to_host(out, layout).to(device), mask.float().to(device)
+    with memory.guard("paste", rgb.device, MEMORY_ADVICE):
+        out, mask = paste_faces(rgb.float(), crops.float().to(rgb.device), faces.aligned, **kwargs)
+        device = host.intermediate_device()
+        return to_host(out, layout).to(device), mask.float().to(device)
+
+
+def _ensure_paste_memory(images: torch.Tensor, upscale: float, device: torch.device) -> None:
+    """Refuse up front when pasting into ``images`` (IMAGE ``[B, H, W, C]``) at ``upscale`` cannot fit in memory."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        return                                                  # from_host reports what is wrong with it
+    batch, height, width, channels = images.shape
+    out_h, out_w = memory.scaled_size(height, width, upscale)
+    what = f"pasting into {batch} image(s) of {width}x{height} at upscale {upscale:g} ({out_w}x{out_h})"
+    memory.ensure_available(memory.result_bytes(batch, channels, out_h, out_w), device, what, MEMORY_ADVICE)
 
 
 def face_restore(handle: ModelHandle, images: torch.Tensor, *, detector: str, seed: int, fidelity: float = 1.0,
@@ -254,7 +326,12 @@ def face_restore(handle: ModelHandle, images: torch.Tensor, *, detector: str, se
                  upscale: float = 1.0, threshold: float = DEFAULT_THRESHOLD, callback: Any = None
                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The all-in-one node: detect, restore and paste, with crops at the model's resolution."""
-    RestoreOptions(seed=seed, prompt_mix=fidelity, visibility=visibility, upscale=upscale).validate()
+    _check_handle(handle)
+    check_choice(detector, "facedetection", DETECTORS)
+    check_bool(only_center_face, "only_center_face")
+    RestoreOptions(seed=seed, prompt_mix=fidelity, visibility=visibility, upscale=upscale, selection=selection,
+                   threshold=threshold).validate()
+    _ensure_paste_memory(images, float(upscale), host.intermediate_device())     # before any detection work
     det_patcher = get_detector(detector)[1]
     faces = find_faces(images, detector, threshold=threshold, selection="center" if only_center_face else selection,
                        size=handle.resolution, callback=callback, extra=[handle.patcher])

@@ -40,3 +40,21 @@ class DownloadError(VSPBFRError):
 class OutputError(VSPBFRError):
     """An output cannot be written where it was asked for: the output folder is a file, cannot be created or
     written, or the output would replace an input. Nothing is written in that case."""
+
+
+class NonFiniteError(VSPBFRError):
+    """A network produced NaN or infinite values from finite inputs: damaged weights or a precision overflow.
+
+    ``stage`` is the pipeline stage (``encode``, ``diffuse``, ``feature_bank``, ``restore``, ``detect``, ``paste``),
+    ``network`` the network that ran and ``source`` the model file its weights came from (or
+    ``"(weights given in memory)"``).  The message says what to do: re-download the file, or run in float32.
+    """
+
+    def __init__(self, message: str, *, stage: str = "", network: str = "", source: str = ""):
+        super().__init__(message)
+        self.stage, self.network, self.source = stage, network, source
+
+
+class InsufficientMemoryError(VSPBFRError):
+    """Work that needs more memory than the device has: refused up front with the size it needs, or an
+    out-of-memory error turned into advice (lower upscale, smaller image, another device)."""

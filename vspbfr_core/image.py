@@ -53,13 +53,26 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
     return view if view.is_contiguous() else x
 
 
-def _check_values(x: torch.Tensor, name: str, check_range: bool) -> torch.Tensor:
+def _not_a_tensor(x: object, name: str, expects: str) -> InputError:
+    kind = type(x).__name__
+    hint = ""
+    if kind == "ndarray":
+        hint = " (convert a NumPy array with torch.from_numpy(array).float(), divided by 255 for 8-bit data)"
+    elif isinstance(x, (list, tuple)):
+        hint = " (stack the images into one tensor with torch.stack)"
+    return InputError(f"{name}: expected {expects}, got {kind}{hint}")
+
+
+def _check_values(x: torch.Tensor, name: str, check_range: bool, expects: str = "a floating point tensor in [0, 1]",
+                  allow_empty: bool = False) -> torch.Tensor:
     import torch
 
     if not x.is_floating_point():
         hint = " (divide 8-bit images by 255)" if x.dtype == torch.uint8 else ""
-        raise InputError(f"{name}: expected a floating point tensor in [0, 1], got {_describe(x)}{hint}")
+        raise InputError(f"{name}: expected {expects}, got {_describe(x)}{hint}")
     if x.numel() == 0:
+        if allow_empty:
+            return x
         raise InputError(f"{name}: the tensor is empty ({_describe(x)})")
     lo_t, hi_t = torch.aminmax(_dense(x))            # one pass; NaN propagates, inf shows as a bound
     lo, hi = float(lo_t), float(hi_t)
@@ -88,7 +101,7 @@ def check_image(images: torch.Tensor, name: str = "image", *, check_range: bool 
     import torch
 
     if not isinstance(images, torch.Tensor):
-        raise InputError(f"{name}: expected a torch.Tensor [B, H, W, C], got {type(images).__name__}")
+        raise _not_a_tensor(images, name, "a float torch.Tensor [B, H, W, C] in [0, 1]")
     if images.dim() != 4:
         hint = " (a single image needs a batch dimension: image[None])" if images.dim() == 3 else ""
         raise InputError(f"{name}: expected a 4-d IMAGE tensor [B, H, W, C], got {_describe(images)}{hint}")
@@ -100,20 +113,25 @@ def check_image(images: torch.Tensor, name: str = "image", *, check_range: bool 
 
 
 def check_bchw(images: torch.Tensor, name: str = "images", *, channels: tuple[int, ...] | None = None,
-               check_range: bool = True) -> torch.Tensor:
-    """Validate a core image batch ``[B, C, H, W]`` in [0, 1] and return it (clamped)."""
+               check_range: bool = True, dims: str = "B, C, H, W", allow_empty: bool = False) -> torch.Tensor:
+    """Validate a core image batch ``[B, C, H, W]`` in [0, 1] and return it (clamped).
+
+    ``dims`` names the dimensions in messages (e.g. ``"F, 3, H, W"`` for face crops); ``allow_empty`` accepts a
+    batch of zero images (checked for layout and dtype only).
+    """
     import torch
 
+    expects = f"a float torch.Tensor [{dims}] in [0, 1]"
     if not isinstance(images, torch.Tensor):
-        raise InputError(f"{name}: expected a torch.Tensor [B, C, H, W], got {type(images).__name__}")
+        raise _not_a_tensor(images, name, expects)
     if images.dim() != 4:
-        raise InputError(f"{name}: expected a 4-d tensor [B, C, H, W], got {_describe(images)}")
+        raise InputError(f"{name}: expected a 4-d tensor [{dims}], got {_describe(images)}")
     if channels is not None and images.shape[1] not in channels:
         hint = " (this looks like a host IMAGE [B, H, W, C]: use vspbfr_core.image.from_host)" \
             if images.shape[-1] in (1, 3, 4) else ""
-        raise InputError(f"{name}: expected {' or '.join(map(str, channels))} channels in dimension 1, "
+        raise InputError(f"{name}: expected {' or '.join(map(str, channels))} channels in dimension 1 of [{dims}], "
                          f"got {_describe(images)}{hint}")
-    return _check_values(images, name, check_range)
+    return _check_values(images, name, check_range, expects, allow_empty and images.shape[0] == 0)
 
 
 def gray_to_rgb(x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,12 @@ Randomness: ``draw_noise`` draws everything one face needs from that face's gene
 official consumption order (mixing decision, z, x_T, StyleGAN noise, inject index, encoder noise,
 decoder noise); faces drawn separately are concatenated, so a face's result does not depend on the
 batch it is in.
+
+Non-finite values: every stage checks its output with one ``isfinite(...).all()`` reduction (values are
+never changed).  NaN or inf from finite inputs raises :class:`~vspbfr_core.errors.NonFiniteError` naming the
+stage, the network and the file its weights came from (``weight_files``; ``"(weights given in memory)"``
+for networks built in Python), so damaged weights or a float16 overflow never become a black or white face.
+Non-finite *inputs* to a stage are an :class:`~vspbfr_core.errors.InputError` instead.
 """
 from __future__ import annotations
 
@@ -25,14 +31,32 @@ import torch
 from torch import nn
 
 from .encoder import StyleEncoder
+from .errors import InputError, NonFiniteError
 from .restorer import RestorationNet
 from .rng import rand_scalar, randint_scalar, randn
 from .stylegan2 import StyleGAN2Synthesis
 from .wplus_diffusion import CodeDiffuser, DDPMSchedule, StepCallback, sample_wplus
 
-__all__ = ["VSPBFRModel", "RestoreNoise", "MIXING_PROBABILITY", "exact_float32"]
+__all__ = ["VSPBFRModel", "RestoreNoise", "MIXING_PROBABILITY", "exact_float32", "all_finite", "IN_MEMORY",
+           "NETWORK_NAMES"]
 
 MIXING_PROBABILITY = 0.5   # official mixing_noise(B, 512, 0.5)
+IN_MEMORY = "(weights given in memory)"      # weight_files entry of a network not loaded from a file
+NETWORK_NAMES = {"style_encoder": "style encoder", "code_diffuser": "code diffuser (W+ diffusion)",
+                 "stylegan": "StyleGAN2 decoder (feature bank)", "restoration_net": "restoration network"}
+
+
+def all_finite(*tensors: torch.Tensor | None) -> bool:
+    """Whether every value of every tensor is finite: one reduction per tensor and one host sync in all."""
+    flags = [torch.isfinite(t).all() for t in tensors if t is not None and t.numel()]
+    if not flags:
+        return True
+    return bool(flags[0] if len(flags) == 1 else torch.stack(flags).all())
+
+
+def _count_bad(tensors: list[torch.Tensor]) -> tuple[int, int]:
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in tensors)
+    return bad, sum(t.numel() for t in tensors)
 
 
 @contextlib.contextmanager
@@ -134,6 +158,9 @@ class VSPBFRModel(nn.Module):
         # and only makes every activation a batch times larger: on a 2-core EPYC 4 faces together took 0.91 s
         # (bank) and 3.35 s (restoration) per face against 0.71 s and 2.9 s one at a time.  Same values either way.
         self.cpu_faces_per_call = 1
+        # network name -> the model file its weights were loaded from (VSPBFRPipeline.from_dir fills it; networks
+        # built in Python keep IN_MEMORY); named by NonFiniteError
+        self.weight_files: dict[str, str] = {name: IN_MEMORY for name in NETWORK_NAMES}
         rc, sc, ec = restoration_net.config, stylegan.config, style_encoder.config
         if ec.num_ws < rc.n_latent or ec.num_ws < sc.num_ws or ec.w_dim != rc.w_dim or ec.w_dim != sc.w_dim:
             raise ValueError(f"incompatible networks: encoder {ec.num_ws}x{ec.w_dim}, StyleGAN {sc.num_ws}x{sc.w_dim}, "
@@ -248,13 +275,17 @@ class VSPBFRModel(nn.Module):
         """Aligned faces ``[F, 3, R, R]`` in [-1, 1] -> encoder W+ ``[F, num_ws, w_dim]`` (float32 under half)."""
         dt = self.style_encoder.latent_avg.dtype          # float32 (or float64) even when the rest is half
         with exact_float32():
-            return self.style_encoder(self.memory_format(faces.to(dt)))
+            ws = self.style_encoder(self.memory_format(faces.to(dt)))
+        self.check_finite("encode", "style_encoder", [ws], {"faces": faces})
+        return ws
 
     def diffuse(self, ws: torch.Tensor, x_T: torch.Tensor, callback: StepCallback | None = None) -> torch.Tensor:
         """Encoder W+ -> visual style prompt W+ (same shape, in the diffuser's float32/float64)."""
         dt = next(self.code_diffuser.parameters()).dtype     # float32 (or float64) even when the rest is half
         with exact_float32():
-            return sample_wplus(self.code_diffuser, ws.to(dt), x_T.to(ws.device, dt), self.schedule, callback)
+            prompts = sample_wplus(self.code_diffuser, ws.to(dt), x_T.to(ws.device, dt), self.schedule, callback)
+        self.check_finite("diffuse", "code_diffuser", [prompts], {"W+ codes": ws, "x_T noise": x_T})
+        return prompts
 
     def feature_bank(self, prompts: torch.Tensor, noise: list[torch.Tensor], extra_noise: list[torch.Tensor] | None = None,
                      style_sample: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None]:
@@ -270,14 +301,16 @@ class VSPBFRModel(nn.Module):
             with exact_float32(not self.allow_tf32):
                 feats, img = self.stylegan(prompts, list(noise) + list(extra_noise), None, return_image=True,
                                            channels_last=self._nhwc(prompts))
+            self.check_finite("feature_bank", "stylegan", [*feats[: self.num_bank_features], img],
+                              {"prompts": prompts, "noise": list(noise) + list(extra_noise)})
             return feats[: self.num_bank_features], img
         nhwc = self._nhwc(prompts)
         with exact_float32(not self.allow_tf32):
             parts = [self.stylegan(prompts[f], [t[f] for t in noise], self.num_bank_features, channels_last=nhwc)[0]
                      for f in self._face_slices(prompts)]
-        if len(parts) == 1:
-            return parts[0], None
-        return [torch.cat(level) for level in zip(*parts)], None
+        bank = parts[0] if len(parts) == 1 else [torch.cat(level) for level in zip(*parts)]
+        self.check_finite("feature_bank", "stylegan", bank, {"prompts": prompts, "noise": list(noise)})
+        return bank, None
 
     def _face_slices(self, x: torch.Tensor) -> list[slice]:
         """The groups of faces that go through the bank / restoration network together (``cpu_faces_per_call``
@@ -293,6 +326,36 @@ class VSPBFRModel(nn.Module):
         """The precision of the feature bank and the restoration network (the bulk of the work)."""
         return self.restoration_net.conv1.modulation.weight.dtype
 
+    def check_finite(self, stage: str, network: str, outputs: list[torch.Tensor],
+                     inputs: dict[str, torch.Tensor | list[torch.Tensor] | None]) -> None:
+        """Raise unless every output value is finite (see the module docstring); ``inputs`` are looked at only
+        then, to tell a bad input (InputError) from a network that produced NaN / inf (NonFiniteError)."""
+        if all_finite(*outputs):
+            return
+        for name, value in inputs.items():
+            parts = [] if value is None else value if isinstance(value, list) else [value]
+            parts = [t for t in parts if t is not None and t.is_floating_point()]
+            if parts and not all_finite(*parts):
+                bad, total = _count_bad(parts)
+                raise InputError(f"{stage}: the input {name} contains {bad} NaN or infinite value(s) of {total}; "
+                                 "the step that produced it went wrong (try running it in float32)")
+        bad, total = _count_bad([t for t in outputs if t is not None])
+        label = NETWORK_NAMES.get(network, network)
+        source = self.weight_files.get(network, IN_MEMORY)
+        dtype = str(outputs[0].dtype).replace("torch.", "")
+        half = outputs[0].dtype in (torch.float16, torch.bfloat16) or self.compute_dtype in (torch.float16,
+                                                                                              torch.bfloat16)
+        what = ("the weights given in memory contain NaN / inf values or are damaged" if source == IN_MEMORY else
+                "the model file is probably damaged: re-download it (vspbfr download) and check it with "
+                "'vspbfr info --check'")
+        precision = str(self.compute_dtype).replace("torch.", "")
+        hint = (f"Under {precision} the values may have overflowed: try float32 first; otherwise {what}." if half
+                else f"{what[0].upper()}{what[1:]} (it ran in {precision}, so a precision overflow is unlikely).")
+        raise NonFiniteError(
+            f"stage '{stage}': the {label} produced {bad} NaN or infinite value(s) of {total} ({dtype} on "
+            f"{outputs[0].device}) from finite inputs (weights: {source}). {hint}",
+            stage=stage, network=network, source=source)
+
     def restore(self, faces: torch.Tensor, bank: list[torch.Tensor], prompts: torch.Tensor, noise: RestoreNoise,
                 bank_scale: float = 1.0) -> torch.Tensor:
         faces = self.memory_format(faces.to(self.compute_dtype))
@@ -303,7 +366,11 @@ class VSPBFRModel(nn.Module):
                 part = noise if len(groups) == 1 else noise.slice(g.start, g.stop)
                 outs.append(self.restoration_net(faces[g], [f[g] for f in bank], prompts[g], part.z1, part.z2,
                                                  part.inject_index, part.encoder, part.decoder, bank_scale=bank_scale))
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        self.check_finite("restore", "restoration_net", [out],
+                          {"faces": faces, "feature bank": list(bank), "prompts": prompts,
+                           "noise": [noise.z1, noise.z2, *noise.encoder, *noise.decoder]})
+        return out
 
     def forward(self, faces: torch.Tensor, noise: RestoreNoise, *, prompt_mix: float = 1.0, bank_scale: float = 1.0,
                 callback: StepCallback | None = None) -> torch.Tensor:

@@ -15,13 +15,30 @@ blocks call them one by one:
 Randomness: the noise of face ``k`` of image ``b`` comes from ``make_generator(seed, k)``, so an
 image restores the same way whatever batch it is in.  Faces are processed in chunks; a chunk that
 runs out of memory is halved and retried.
+
+Reliability rules (every public method):
+
+* Inputs are checked before any work: face crops must be float tensors ``[F, 3, H, W]`` in [0, 1]
+  (uint8, 0..255 data, NumPy arrays, lists, NaN / inf are an :class:`~vspbfr_core.errors.InputError`
+  saying so, through :func:`vspbfr_core.image.check_bchw`); ``options`` must be a :class:`RestoreOptions`
+  (a dict is refused, keyword overrides must be field names) and :meth:`RestoreOptions.validate` checks
+  the type and range of every field; devices go through :func:`vspbfr_core.devices.resolve_device`.
+* NaN never becomes a picture: each network stage checks its output (see :mod:`vspbfr_core.model`) and
+  raises :class:`~vspbfr_core.errors.NonFiniteError` naming the stage, the network and its model file
+  (kept by :meth:`VSPBFRPipeline.from_dir` in ``model.weight_files`` and ``detector.weights_file``).
+* Memory: whole-image work (paste-back, upscale, the host copy) is estimated before it starts and refused
+  with :class:`~vspbfr_core.errors.InsufficientMemoryError` (the size needed, the size available and what to
+  do) when it cannot fit (see :mod:`vspbfr_core.memory`); an out-of-memory error that still happens is
+  turned into the same error.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InputError, UnsupportedDtypeError, VSPBFRError
+from . import memory
+from .checks import check_bool, check_choice, check_float, check_int, describe_value
+from .devices import resolve_device
+from .errors import InputError, InsufficientMemoryError, UnsupportedDtypeError, VSPBFRError
+from .image import check_bchw
 from .model import RestoreNoise, VSPBFRModel
 from .progress import Progress, ProgressCallback
 from .rng import make_generator
@@ -39,6 +60,7 @@ __all__ = ["VSPBFRPipeline", "RestoreOptions", "RestoreResult", "StylePrompts", 
 log = logging.getLogger(__name__)
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+MODEL_KINDS = ("style_encoder_decoder", "code_diffuser", "restoration_net")
 
 
 @dataclass(frozen=True)
@@ -64,14 +86,73 @@ class RestoreOptions:
     upscale: float = 1.0                       # whole-image scale factor of the output
 
     def validate(self) -> None:
-        if not 0.0 <= self.visibility <= 1.0:
-            raise InputError(f"visibility must lie in [0, 1], got {self.visibility}")
-        if not 0.0 <= self.prompt_mix <= 1.0:
-            raise InputError(f"prompt_mix must lie in [0, 1], got {self.prompt_mix}")
-        if not 0.0 <= self.bank_scale <= 4.0:
-            raise InputError(f"bank_scale must lie in [0, 4], got {self.bank_scale}")
-        if not 1.0 <= self.upscale <= 8.0:
-            raise InputError(f"upscale must lie in [1, 8], got {self.upscale}")
+        """Check the type and range of every field; all problems are reported in one InputError.
+
+        Integers (``seed``, ``max_faces``, ``detect_size``) must be ints (not bool, float or str); numbers accept
+        ints and floats but not bool, NaN or inf; enumerations are strings from the listed values.  Ranges:
+        threshold in (0, 1] (or None), min_size >= 0, max_faces >= 0, detect_size >= 0 (0: full size),
+        prompt_mix and visibility in [0, 1], bank_scale in [0, 4], upscale in [1, 8], feather in [0, 230] (or
+        None); selection as :func:`vspbfr_core.face.detect.parse_selection` reads it.
+        """
+        from .face.detect import ORDERS, parse_selection
+        from .face.paste import FEATHER_MAX
+
+        def selection() -> None:
+            if not isinstance(self.selection, str):
+                raise InputError(f"selection: expected a string ('all', 'largest', 'center' or face indices such "
+                                 f"as '0,2'), got {describe_value(self.selection)}")
+            parse_selection(self.selection)
+
+        checks: list[Callable[[], Any]] = [
+            lambda: check_int(self.seed, "seed"),
+            lambda: self.threshold is None or check_float(self.threshold, "threshold", minimum=0.0, maximum=1.0,
+                                                          min_open=True),
+            lambda: check_float(self.min_size, "min_size", minimum=0.0),
+            lambda: check_int(self.max_faces, "max_faces", minimum=0),
+            selection,
+            lambda: check_choice(self.order, "order", ORDERS),
+            lambda: check_int(self.detect_size, "detect_size", minimum=0),
+            lambda: check_float(self.prompt_mix, "prompt_mix", minimum=0.0, maximum=1.0),
+            lambda: check_float(self.bank_scale, "bank_scale", minimum=0.0, maximum=4.0),
+            lambda: check_float(self.visibility, "visibility", minimum=0.0, maximum=1.0),
+            lambda: check_choice(self.color_correction, "color_correction", ("meanstd", "wavelet"), allow_none=True),
+            lambda: check_choice(self.mask_shape, "mask_shape", ("square", "ellipse")),
+            lambda: self.feather is None or check_float(self.feather, "feather", minimum=0.0, maximum=FEATHER_MAX),
+            lambda: check_float(self.upscale, "upscale", minimum=1.0, maximum=8.0),
+        ]
+        problems = []
+        for check in checks:
+            try:
+                check()
+            except InputError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise InputError(f"invalid restore option{'s' if len(problems) > 1 else ''}: " + "; ".join(problems))
+
+
+OPTION_NAMES = tuple(f.name for f in fields(RestoreOptions))
+
+
+def resolve_options(options: Any = None, overrides: dict[str, Any] | None = None, where: str = "options",
+                    **defaults: Any) -> RestoreOptions:
+    """``options`` (a :class:`RestoreOptions` or None for the defaults, ``defaults`` applied then) with
+    ``overrides`` applied, validated.  Anything else, or an override that is not a field, is an InputError."""
+    if options is None:
+        base = RestoreOptions(**defaults) if defaults else RestoreOptions()
+    elif isinstance(options, RestoreOptions):
+        base = options
+    else:
+        hint = " (build one with RestoreOptions(**your_dict))" if isinstance(options, dict) else ""
+        raise InputError(f"{where}: expected a vspbfr_core.pipeline.RestoreOptions or None, got "
+                         f"{describe_value(options)}{hint}; single options may also be given as keyword arguments")
+    if overrides:
+        unknown = sorted(str(k) for k in overrides if k not in OPTION_NAMES)
+        if unknown:
+            raise InputError(f"{where}: unknown option(s) {', '.join(unknown)}; RestoreOptions fields are "
+                             f"{', '.join(OPTION_NAMES)}")
+        base = replace(base, **overrides)
+    base.validate()
+    return base
 
 
 @dataclass
@@ -98,12 +179,61 @@ class RestoreResult:
         return int(self.crops.shape[0])
 
 
-def _is_oom(exc: BaseException) -> bool:
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
-                                  getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)) if t is not None)
-    if oom_types and isinstance(exc, oom_types):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+_is_oom = memory.is_out_of_memory       # MemoryError, torch OOM (CUDA) and the CPU allocator's "can't allocate"
+
+
+def _guarded(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Method decorator: an out-of-memory error inside becomes InsufficientMemoryError (see memory.guard)."""
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def run(self: VSPBFRPipeline, *args: Any, **kwargs: Any) -> Any:
+            with memory.guard(what, self.device, MEMORY_ADVICE):
+                return method(self, *args, **kwargs)
+        return run
+    return wrap
+
+
+MEMORY_ADVICE = ("Use a lower upscale, a smaller image (or fewer images per batch), low-memory mode, a lower "
+                 "precision, or a device with more memory (a GPU with more memory, or the CPU with more RAM).")
+
+
+def check_precision(device: torch.device, dtype: Any) -> torch.dtype:
+    """``dtype`` if the pipeline can run in it on ``device``, else UnsupportedDtypeError."""
+    if not isinstance(dtype, torch.dtype):
+        raise UnsupportedDtypeError(f"dtype: expected a torch.dtype (torch.float32, torch.float16 or torch.bfloat16), "
+                                    f"got {describe_value(dtype)}")
+    if dtype not in (torch.float32, torch.float64, *HALF_DTYPES):
+        raise UnsupportedDtypeError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16")
+    if device.type == "cpu" and dtype == torch.float16:
+        raise UnsupportedDtypeError("float16 is not supported on CPU (too slow and inaccurate); use float32 or "
+                                    "bfloat16")
+    return dtype
+
+
+def _check_crops(crops: Any, where: str) -> torch.Tensor:
+    """Face crops must be a float tensor ``[F, 3, H, W]`` in [0, 1] (F may be 0); returned unchanged."""
+    check_bchw(crops, f"{where}: crops", channels=(3,), dims="F, 3, H, W", allow_empty=True)
+    return crops
+
+
+def _device(device: Any, what: str) -> torch.device:
+    """:func:`~vspbfr_core.devices.resolve_device`, a ``torch.device`` named as ``'cuda:3'`` in its messages."""
+    return resolve_device(str(device) if isinstance(device, torch.device) else device, what=what)
+
+
+def _face_keys(face_keys: Any) -> list[int]:
+    """Per-face generator indices: a sequence (or 1-d tensor) of ints >= 0."""
+    if isinstance(face_keys, torch.Tensor) and face_keys.dim() == 1 and not face_keys.is_floating_point():
+        face_keys = face_keys.tolist()
+    if isinstance(face_keys, (str, bytes)) or not isinstance(face_keys, Sequence):
+        raise InputError(f"face_keys: expected a sequence of ints (one per face), got {describe_value(face_keys)}")
+    return [check_int(k, "face_keys[i]", minimum=0) for k in face_keys]
+
+
+def _check_callback(callback: Any, where: str) -> None:
+    if callback is not None and not callable(callback):
+        raise InputError(f"{where}: callback must be callable as callback(done, total, stage) or None, got "
+                         f"{describe_value(callback)}")
 
 
 class VSPBFRPipeline:
@@ -112,14 +242,24 @@ class VSPBFRPipeline:
     def __init__(self, model: VSPBFRModel, detector: nn.Module | None = None, *, chunk_size: int = 4,
                  low_memory: bool = False, offload_device: torch.device | str = "cpu",
                  compile: bool | dict[str, Any] = False, allow_tf32: bool = False):
+        if not isinstance(model, VSPBFRModel):
+            raise InputError(f"VSPBFRPipeline: expected a VSPBFRModel, got {describe_value(model)}")
+        if detector is not None and not isinstance(detector, nn.Module):
+            raise InputError(f"VSPBFRPipeline: detector must be a face detector module or None, got "
+                             f"{describe_value(detector)}")
+        self.chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
+        self.offload_device = _device(offload_device, "offload_device")
+        check_bool(low_memory, "low_memory")
+        check_bool(allow_tf32, "allow_tf32")
+        if not isinstance(compile, (bool, dict)):
+            raise InputError(f"compile: expected True, False or a dict of torch.compile options, got "
+                             f"{describe_value(compile)}")
         self.model = model.eval()
         self.model.allow_tf32 = allow_tf32     # CUDA float32 bank + restoration in TF32 (see VSPBFRModel)
         if compile:     # opt-in torch.compile; a dict holds torch.compile options (mode, backend, dynamic)
             self.model.compile_networks(**(compile if isinstance(compile, dict) else {}))
         self.detector = detector.eval() if detector is not None else None
-        self.chunk_size = max(1, int(chunk_size))
         self.low_memory = low_memory
-        self.offload_device = torch.device(offload_device)
         self.device = torch.device("cpu")
         self.dtype = torch.float32
 
@@ -134,42 +274,67 @@ class VSPBFRPipeline:
         ``files`` may name explicit paths per kind (``style_encoder_decoder``, ``code_diffuser``,
         ``restoration_net``); the rest are looked up in ``models_dir`` (default: see
         :func:`vspbfr_core.paths.resolve_models_dir`).  ``detector=None`` builds a pipeline for
-        already-aligned faces only.
+        already-aligned faces only.  The paths are kept (``model.weight_files``, ``detector.weights_file``)
+        so an error about non-finite values can name the file.
         """
         from .checkpoints import load_checkpoint
         from .paths import find_model_file, resolve_models_dir
 
+        if models_dir is not None and not isinstance(models_dir, (str, os.PathLike)):
+            raise InputError(f"models_dir: expected a folder path or None, got {describe_value(models_dir)}")
+        if files is not None and not isinstance(files, dict):
+            raise InputError(f"files: expected a dict of kind -> path, got {describe_value(files)}")
+        unknown = sorted(str(k) for k in (files or {}) if k not in MODEL_KINDS)
+        if unknown:
+            raise InputError(f"files: unknown kind(s) {', '.join(unknown)}; use {', '.join(MODEL_KINDS)}")
+        bad = [k for k, v in (files or {}).items() if not isinstance(v, (str, os.PathLike))]
+        if bad:
+            raise InputError(f"files[{bad[0]!r}]: expected a file path, got {describe_value(files[bad[0]])}")
+        if detector is not None and not isinstance(detector, str):
+            raise InputError(f"detector: expected a detector name such as 'retinaface_resnet50' or None, got "
+                             f"{describe_value(detector)}")
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "model", "detector"}
+        unknown = sorted(k for k in kwargs if k not in accepted)
+        if unknown:
+            raise InputError(f"unknown pipeline option(s) {', '.join(unknown)}; accepted: "
+                             f"{', '.join(sorted(accepted))}")
         root = resolve_models_dir(models_dir)
         files = dict(files or {})
-        loaded = {}
-        for kind in ("style_encoder_decoder", "code_diffuser", "restoration_net"):
+        loaded, paths = {}, {}
+        for kind in MODEL_KINDS:
             path = Path(files[kind]) if kind in files else find_model_file(kind, [root])
             loaded[kind] = load_checkpoint(path, expect=kind)  # type: ignore[arg-type]
+            paths[kind] = str(path)
         model = VSPBFRModel(loaded["style_encoder_decoder"].networks["style_encoder"],
                             loaded["style_encoder_decoder"].networks["stylegan"],
                             loaded["code_diffuser"].networks["code_diffuser"],
                             loaded["restoration_net"].networks["restoration_net"])
+        model.weight_files = {"style_encoder": paths["style_encoder_decoder"],
+                              "stylegan": paths["style_encoder_decoder"],
+                              "code_diffuser": paths["code_diffuser"], "restoration_net": paths["restoration_net"]}
         det = None
         if detector is not None:
             from .face import load_detector
             from .paths import find_model_file as _find
             det_path = _find(detector, [root], detector_dir=detector_dir)
             det = load_detector(detector, [det_path.parent])
+            det.weights_file = str(det_path)
         return cls(model, det, **kwargs)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> VSPBFRPipeline:
-        """Move to ``device`` and run in ``dtype``; the W+ diffusion and mapping MLP stay in float32."""
-        device = torch.device(device) if device is not None else self.device
-        dtype = dtype or self.dtype
-        if dtype not in (torch.float32, torch.float64, *HALF_DTYPES):
-            raise UnsupportedDtypeError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16")
-        if device.type == "cpu" and dtype == torch.float16:
-            raise UnsupportedDtypeError("float16 is not supported on CPU (too slow and inaccurate); use float32 or "
-                                        "bfloat16")
-        self.device, self.dtype = device, dtype
-        self.model.set_precision(dtype, device if not self.low_memory else self.offload_device)
-        if self.detector is not None:
-            self.detector.to(device)
+        """Move to ``device`` and run in ``dtype``; the W+ diffusion and mapping MLP stay in float32.
+
+        ``device`` is a name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"auto"``) or a ``torch.device``
+        that exists here (:func:`vspbfr_core.devices.resolve_device`; anything else is an InputError before
+        anything moves); ``None`` keeps the current device.
+        """
+        target = self.device if device is None else _device(device, "VSPBFRPipeline.to: device")
+        dtype = check_precision(target, self.dtype if dtype is None else dtype)
+        with memory.guard(f"moving the networks to {target}", target, MEMORY_ADVICE):
+            self.model.set_precision(dtype, target if not self.low_memory else self.offload_device)
+            if self.detector is not None:
+                self.detector.to(target)
+        self.device, self.dtype = target, dtype
         return self
 
     def _use(self, *names: str) -> None:
@@ -185,11 +350,15 @@ class VSPBFRPipeline:
     # -- stages ------------------------------------------------------------------------------------
 
     def detect(self, images: torch.Tensor, options: RestoreOptions | None = None) -> Any:
+        """IMAGE ``[B, H, W, C]`` in [0, 1] -> :class:`~vspbfr_core.face.Detections` of the selected faces."""
         from .face import Detections, detect_faces
 
         if self.detector is None:
             raise VSPBFRError("this pipeline has no face detector; build it with detector=... or pass aligned faces")
-        o = options or RestoreOptions()
+        if not isinstance(images, torch.Tensor):
+            raise InputError(f"detect: expected a float torch.Tensor [B, H, W, C] in [0, 1], got "
+                             f"{type(images).__name__}")
+        o = resolve_options(options, where="detect: options")
         kwargs: dict[str, Any] = dict(min_size=o.min_size, max_faces=o.max_faces, selection=o.selection,
                                       order=o.order, detect_size=o.detect_size)
         if o.threshold is not None:
@@ -203,8 +372,14 @@ class VSPBFRPipeline:
         return Detections.concat(parts)
 
     def align(self, images_bchw: torch.Tensor, detections: Any) -> Any:
-        from .face import align_faces
+        """Images ``[B, C, H, W]`` in [0, 1] + their detections -> :class:`~vspbfr_core.face.AlignedFaces`."""
+        from .face import Detections, align_faces
 
+        if not isinstance(images_bchw, torch.Tensor):       # values are checked by align_faces
+            raise InputError(f"align: images: expected a float torch.Tensor [B, C, H, W] in [0, 1], got "
+                             f"{type(images_bchw).__name__}")
+        if not isinstance(detections, Detections):
+            raise InputError(f"align: expected Detections from detect, got {describe_value(detections)}")
         return align_faces(images_bchw.to(self.device), detections.to(self.device), size=self.model.resolution)
 
     def _signed(self, crops: torch.Tensor) -> torch.Tensor:
@@ -218,28 +393,60 @@ class VSPBFRPipeline:
 
     def noise_for(self, face_keys: Sequence[int], seed: int) -> RestoreNoise:
         """Noise for faces whose generator index is ``face_keys[i]`` (their index within their image)."""
-        return self.model.draw_noise_per_face([make_generator(seed, k) for k in face_keys])
+        seed = check_int(seed, "seed")
+        return self.model.draw_noise_per_face([make_generator(seed, k) for k in _face_keys(face_keys)])
+
+    def _check_noise(self, noise: Any, count: int, where: str) -> RestoreNoise:
+        if not isinstance(noise, RestoreNoise):
+            raise InputError(f"{where}: expected RestoreNoise from noise_for, got {describe_value(noise)}")
+        if noise.x_T.shape[0] != count:
+            raise InputError(f"{where}: the noise is for {noise.x_T.shape[0]} face(s) but {count} arrived; draw it "
+                             "with noise_for(face_keys, seed) for these faces")
+        return noise
 
     @torch.inference_mode()
+    @_guarded("encode")
     def encode(self, crops: torch.Tensor) -> torch.Tensor:
         """Aligned crops ``[F, 3, R, R]`` in [0, 1] -> encoder W+ ``[F, num_ws, w_dim]``."""
+        _check_crops(crops, "encode")
+        return self._encode(crops)
+
+    def _encode(self, crops: torch.Tensor) -> torch.Tensor:
         self._use("style_encoder")
         return self._chunked(lambda a, b: self.model.encode(self._signed(crops[a:b])), crops.shape[0])
 
     @torch.inference_mode()
+    @_guarded("diffuse")
     def diffuse(self, ws: torch.Tensor, noise: RestoreNoise) -> torch.Tensor:
+        """Encoder W+ ``[F, num_ws, w_dim]`` -> visual style prompts (same shape, float32 or wider)."""
+        enc = self.model.style_encoder.config
+        if not isinstance(ws, torch.Tensor) or ws.dim() != 3 or not ws.is_floating_point() \
+                or tuple(ws.shape[1:]) != (enc.num_ws, enc.w_dim):
+            got = f"shape {tuple(ws.shape)}, dtype {ws.dtype}" if isinstance(ws, torch.Tensor) else describe_value(ws)
+            raise InputError(f"diffuse: ws must be a float tensor [F, {enc.num_ws}, {enc.w_dim}] (from encode), "
+                             f"got {got}")
+        self._check_noise(noise, ws.shape[0], "diffuse")
+        return self._diffuse(ws, noise)
+
+    def _diffuse(self, ws: torch.Tensor, noise: RestoreNoise) -> torch.Tensor:
         self._use("code_diffuser")
         return self.model.diffuse(ws.to(self.device), noise.x_T.to(self.device))
 
     @torch.inference_mode()
+    @_guarded("style prompts")
     def style_prompts(self, crops: torch.Tensor, noise: RestoreNoise, prompt_mix: float = 1.0) -> StylePrompts:
-        ws = self.encode(crops)
-        prompts = self.diffuse(ws, noise)
+        """Aligned crops ``[F, 3, R, R]`` in [0, 1] -> encoder W+ and diffused style prompts."""
+        _check_crops(crops, "style_prompts")
+        self._check_noise(noise, crops.shape[0], "style_prompts")
+        prompt_mix = check_float(prompt_mix, "prompt_mix", minimum=0.0, maximum=1.0)
+        ws = self._encode(crops)
+        prompts = self._diffuse(ws, noise)
         if prompt_mix != 1.0:
             prompts = torch.lerp(ws.to(prompts.dtype), prompts, prompt_mix)
         return StylePrompts(ws, prompts)
 
     @torch.inference_mode()
+    @_guarded("restore_faces")
     def restore_faces(self, crops: torch.Tensor, style: StylePrompts | None = None, *, seed: int = 0,
                       face_keys: Sequence[int] | None = None, options: RestoreOptions | None = None,
                       callback: ProgressCallback | None = None, progress: Progress | None = None
@@ -247,11 +454,22 @@ class VSPBFRPipeline:
         """Aligned crops ``[F, 3, R, R]`` in [0, 1] -> restored crops ``[F, 3, R, R]`` in [0, 1].
 
         ``style`` (from :meth:`style_prompts`) is computed when absent.  ``face_keys`` are the
-        per-face generator indices (default ``0..F-1``).
+        per-face generator indices (default ``0..F-1``).  ``seed`` is used when ``options`` is None.
         """
-        o = options or RestoreOptions(seed=seed)
+        _check_crops(crops, "restore_faces")
+        _check_callback(callback, "restore_faces")
+        o = resolve_options(options, where="restore_faces: options", seed=seed)
         n = crops.shape[0]
-        keys = list(face_keys) if face_keys is not None else list(range(n))
+        keys = _face_keys(face_keys) if face_keys is not None else list(range(n))
+        if len(keys) != n:
+            raise InputError(f"restore_faces: {len(keys)} face key(s) for {n} crop(s); give one per crop")
+        if style is not None:
+            if not isinstance(style, StylePrompts):
+                raise InputError(f"restore_faces: style must be StylePrompts from style_prompts, got "
+                                 f"{describe_value(style)}")
+            if style.prompts.shape[0] != n:
+                raise InputError(f"restore_faces: the style holds {style.prompts.shape[0]} face(s) but {n} crop(s) "
+                                 "arrived; compute it from these crops")
         progress = progress or Progress(3 * n, callback)
         if n == 0:
             r = self.model.resolution
@@ -259,9 +477,9 @@ class VSPBFRPipeline:
             return empty, StylePrompts(empty.new_zeros(0, 1, 1), empty.new_zeros(0, 1, 1))
         noise = self.noise_for(keys, o.seed)
         if style is None:
-            ws = self.encode(crops)
+            ws = self._encode(crops)
             progress.step("encode", n)
-            prompts = self.diffuse(ws, noise)
+            prompts = self._diffuse(ws, noise)
             progress.step("diffuse", n)
             if o.prompt_mix != 1.0:
                 prompts = torch.lerp(ws.to(prompts.dtype), prompts, o.prompt_mix)
@@ -293,7 +511,7 @@ class VSPBFRPipeline:
                 if not _is_oom(exc):
                     raise
                 if chunk == 1:
-                    raise VSPBFRError(
+                    raise InsufficientMemoryError(
                         f"out of memory on {self.device} even with one face at a time ({exc}). Free memory (unload "
                         "other models), use low-memory mode, a lower precision, or the CPU.") from exc
                 chunk = max(1, chunk // 2)
@@ -307,16 +525,34 @@ class VSPBFRPipeline:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    @_guarded("paste")
     def paste(self, images_bchw: torch.Tensor, restored: torch.Tensor, aligned: Any,
               options: RestoreOptions | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blend restored crops ``[F, C, R, R]`` in [0, 1] into the images ``[B, C, H, W]`` they were aligned from."""
         from .face import paste_faces
 
-        o = options or RestoreOptions()
+        if not isinstance(images_bchw, torch.Tensor):       # values are checked by paste_faces
+            raise InputError(f"paste: images: expected a float torch.Tensor [B, C, H, W] in [0, 1], got "
+                             f"{type(images_bchw).__name__}")
+        check_bchw(restored, "paste: restored crops", dims="F, C, R, R", allow_empty=True)
+        o = resolve_options(options, where="paste: options")
         kwargs: dict[str, Any] = dict(visibility=o.visibility, mask_shape=o.mask_shape,
                                       color_correction=o.color_correction, upscale=o.upscale)
         if o.feather is not None:
             kwargs["feather"] = o.feather
         return paste_faces(images_bchw.to(self.device), restored.to(self.device, images_bchw.dtype), aligned, **kwargs)
+
+    # -- memory ------------------------------------------------------------------------------------
+
+    def _ensure_memory(self, batch: int, channels: int, out_h: int, out_w: int, what: str,
+                       in_hw: tuple[int, int] | None = None) -> None:
+        """Refuse up front when the whole-image work (:func:`vspbfr_core.memory.result_bytes`) cannot fit on the
+        device, or, off the CPU, the result copied back to the CPU cannot fit there."""
+        memory.ensure_available(memory.result_bytes(batch, channels, out_h, out_w, in_hw), self.device, what,
+                                MEMORY_ADVICE)
+        if self.device.type != "cpu":
+            memory.ensure_available(memory.image_bytes(batch, channels, out_h, out_w, torch.float32),
+                                    torch.device("cpu"), f"{what} (the result copied to the CPU)", MEMORY_ADVICE)
 
     # -- the whole job -----------------------------------------------------------------------------
 
@@ -324,11 +560,23 @@ class VSPBFRPipeline:
     def __call__(self, images: torch.Tensor, options: RestoreOptions | None = None, *,
                  callback: ProgressCallback | None = None, **overrides: Any) -> RestoreResult:
         """Restore every selected face of an IMAGE batch ``[B, H, W, C]`` in [0, 1] (C = 1, 3 or 4)."""
-        from .image import from_host, to_host
+        from .image import from_host
 
-        o = replace(options or RestoreOptions(), **overrides)
-        o.validate()
-        rgb, layout = from_host(images)
+        o = resolve_options(options, overrides, "VSPBFRPipeline")
+        _check_callback(callback, "VSPBFRPipeline")
+        with memory.guard("restoring the image batch", self.device, MEMORY_ADVICE):
+            rgb, layout = from_host(images)
+            batch, _, height, width = rgb.shape
+            out_h, out_w = memory.scaled_size(height, width, o.upscale)
+            self._ensure_memory(batch, layout.channels, out_h, out_w,
+                                f"restoring {batch} image(s) of {width}x{height} at upscale {o.upscale:g} "
+                                f"({out_w}x{out_h})", (height, width))
+            return self._restore(images, rgb, layout, o, callback)
+
+    def _restore(self, images: torch.Tensor, rgb: torch.Tensor, layout: Any, o: RestoreOptions,
+                 callback: ProgressCallback | None) -> RestoreResult:
+        from .image import to_host
+
         rgb = rgb.to(self.device, torch.float32)
         # 1. detect
         dets = self.detect(images, o)
@@ -336,7 +584,8 @@ class VSPBFRPipeline:
         progress = Progress(3 * n + 2, callback)
         progress.step("detect")
         if n == 0:
-            log.info("no face selected in %d image(s); returning them unchanged", images.shape[0])
+            log.warning("no face selected in %d image(s); returning them unchanged%s", images.shape[0],
+                        f" (resized by {o.upscale:g})" if o.upscale != 1.0 else "")
             out = rgb
             if o.upscale != 1.0:
                 out, _ = self.paste(rgb, rgb.new_zeros(0, 3, self.model.resolution, self.model.resolution),
@@ -360,26 +609,48 @@ class VSPBFRPipeline:
     @torch.inference_mode()
     def restore_aligned(self, faces: torch.Tensor, options: RestoreOptions | None = None, *,
                         callback: ProgressCallback | None = None, **overrides: Any) -> RestoreResult:
-        """Already-aligned faces (IMAGE ``[F, H, W, C]``, square) -> restored faces at the same size."""
+        """Already-aligned faces (IMAGE ``[F, H, W, C]``, square) -> restored faces at ``upscale`` times that size.
+
+        The restored face (at the model's resolution) is resampled to ``round(side * upscale)`` pixels
+        (bicubic); ``visibility`` blends it with the input face resized the same way.  The paste-back options
+        (mask, feather, colour correction) do not apply to aligned faces.
+        """
         from .image import from_host, to_host
 
-        o = replace(options or RestoreOptions(), **overrides)
-        o.validate()
-        rgb, layout = from_host(faces)
+        o = resolve_options(options, overrides, "restore_aligned")
+        _check_callback(callback, "restore_aligned")
+        rgb, layout = from_host(faces, "restore_aligned: faces")
         if rgb.shape[-1] != rgb.shape[-2]:
             raise InputError(f"aligned faces must be square, got {rgb.shape[-2]}x{rgb.shape[-1]}")
-        restored, style = self.restore_faces(rgb, options=o, callback=callback)
-        out = restored.to(rgb.device)
-        if out.shape[-2:] != rgb.shape[-2:]:
-            out = F.interpolate(out, size=rgb.shape[-2:], mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-        if o.visibility != 1.0:
-            out = torch.lerp(rgb.float(), out.float(), o.visibility)
-        h, w = out.shape[-2:]
-        return RestoreResult(to_host(out.to(rgb.dtype), layout).cpu(), torch.ones(rgb.shape[0], h, w), None, rgb.cpu(),
-                             restored.cpu(), style, o.seed)
+        count, side = rgb.shape[0], rgb.shape[-1]
+        out_side = memory.scaled_size(side, side, o.upscale)[0]
+        self._ensure_memory(count, layout.channels, out_side, out_side,
+                            f"restoring {count} aligned face(s) of {side}x{side} at upscale {o.upscale:g} "
+                            f"({out_side}x{out_side})")
+        with memory.guard("restoring the aligned faces", self.device, MEMORY_ADVICE):
+            restored, style = self.restore_faces(rgb, options=o, callback=callback)
+            out = restored.to(rgb.device)
+            target = (out_side, out_side)
+            if out.shape[-2:] != target:
+                out = F.interpolate(out, size=target, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+            if o.visibility != 1.0:
+                base = rgb.float()
+                if base.shape[-2:] != target:
+                    base = F.interpolate(base, size=target, mode="bicubic", antialias=out_side < side,
+                                         align_corners=False).clamp(0, 1)
+                out = torch.lerp(base, out.float(), o.visibility)
+            h, w = out.shape[-2:]
+            return RestoreResult(to_host(out.to(rgb.dtype), layout).cpu(), torch.ones(rgb.shape[0], h, w), None,
+                                 rgb.cpu(), restored.cpu(), style, o.seed)
 
 
 def load_pipeline(models_dir: str | os.PathLike[str] | None = None, *, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32, **kwargs: Any) -> VSPBFRPipeline:
-    """Convenience: :meth:`VSPBFRPipeline.from_dir` then ``.to(device, dtype)``."""
-    return VSPBFRPipeline.from_dir(models_dir, **kwargs).to(device, dtype)
+    """Convenience: :meth:`VSPBFRPipeline.from_dir` then ``.to(device, dtype)``.
+
+    The device (a name, ``"auto"`` or a ``torch.device``) and the dtype are checked before any file is read: an
+    unavailable or misspelled device is an InputError, an unsupported precision an UnsupportedDtypeError.
+    """
+    target = _device(device, "load_pipeline: device")
+    check_precision(target, dtype)
+    return VSPBFRPipeline.from_dir(models_dir, **kwargs).to(target, dtype)

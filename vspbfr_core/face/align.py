@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_int
 from ..errors import InputError
 from ..image import check_bchw
 from .detect import Detections
@@ -129,9 +130,7 @@ def align_faces(images: torch.Tensor, detections: Detections, size: int = 512, *
     images = check_bchw(images, "align_faces: images")
     if padding_mode not in ("reflection", "border", "zeros"):
         raise InputError(f"align_faces: padding_mode {padding_mode!r}: use 'reflection', 'border' or 'zeros'")
-    if int(size) < 8:
-        raise InputError(f"align_faces: size {size} is too small (at least 8 pixels)")
-    size = int(size)
+    size = check_int(size, "align_faces: size", minimum=8)
     batch, channels, height, width = images.shape
     _check_detections(detections, batch, height, width, "align_faces")
     device, dtype = images.device, images.dtype
@@ -200,3 +199,5 @@ def _check_detections(dets: Detections, batch: int, height: int, width: int, whe
     if len(dets) and int(dets.image_index.max()) >= batch:
         raise InputError(f"{where}: a detection refers to image {int(dets.image_index.max())}, "
                          f"but the batch has {batch} images")
+    if len(dets) and not bool(torch.isfinite(dets.landmarks).all()):
+        raise InputError(f"{where}: the detections contain NaN or infinite landmarks; detect the faces again")

@@ -32,7 +32,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ..errors import CheckpointError, InputError, ModelNotFoundError
+from ..checks import check_float, check_int
+from ..errors import CheckpointError, InputError, ModelNotFoundError, NonFiniteError
 from ..image import from_host
 from .retinaface import MOBILENET_025, RESNET50, RetinaFaceConfig, RetinaFaceDetector, decode_boxes, decode_landmarks
 
@@ -348,6 +349,18 @@ def _detection_size(height: int, width: int, detect_size: int) -> tuple[int, int
     return max(1, round(height * s)), max(1, round(width * s))
 
 
+def _non_finite_detector(detector: RetinaFaceDetector, scores: torch.Tensor) -> None:
+    from ..model import IN_MEMORY
+
+    source = getattr(detector, "weights_file", None) or IN_MEMORY
+    fix = ("its weights contain NaN / inf values or are damaged" if source == IN_MEMORY else
+           f"the file {source} is probably damaged: re-download it (vspbfr download --detector ...)")
+    raise NonFiniteError(f"stage 'detect': the face detector ({type(detector).__name__}) produced NaN or infinite "
+                         f"scores, boxes or landmarks ({str(scores.dtype).replace('torch.', '')} on {scores.device}) "
+                         f"from a finite image; weights: {source}. {fix[0].upper()}{fix[1:]}; if it runs in half "
+                         "precision, try float32.", stage="detect", network="detector", source=source)
+
+
 @torch.no_grad()
 def detect_faces(detector: RetinaFaceDetector, images: torch.Tensor, *, threshold: float = DEFAULT_THRESHOLD,
                  min_size: float = 0.0, max_faces: int = 0, selection: str = "all", order: Order = "left-right",
@@ -370,13 +383,19 @@ def detect_faces(detector: RetinaFaceDetector, images: torch.Tensor, *, threshol
     Returns:
         :class:`Detections` on the CPU, ordered by image then by ``order``.
     """
-    if order not in ORDERS:
+    if not isinstance(order, str) or order not in ORDERS:
         raise InputError(f"order {order!r}: use one of {', '.join(ORDERS)}")
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise InputError(f"threshold {threshold}: must lie in [0, 1]")
+    threshold = check_float(threshold, "threshold", minimum=0.0, maximum=1.0)
+    min_size = check_float(min_size, "min_size")
+    max_faces = check_int(max_faces, "max_faces")
+    detect_size = check_int(detect_size, "detect_size")
+    nms_iou = check_float(nms_iou, "nms_iou", minimum=0.0, maximum=1.0)
     if min_size < 0 or max_faces < 0 or detect_size < 0:
         raise InputError(f"min_size ({min_size}), max_faces ({max_faces}) and detect_size ({detect_size}) "
                          "must not be negative")
+    if not isinstance(selection, str):
+        raise InputError(f"selection: expected a string ('all', 'largest', 'center' or face indices such as '0,2'), "
+                         f"got {type(selection).__name__} {selection!r}")
     chosen = parse_selection(selection)
     rgb, _ = from_host(images, "detect_faces: images")        # [B, 3, H, W]
     batch, _, height, width = rgb.shape
@@ -395,6 +414,13 @@ def detect_faces(detector: RetinaFaceDetector, images: torch.Tensor, *, threshol
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
         loc, scores, lms = detector(detector.preprocess(x))     # [n, P, 4], [n, P], [n, P, 10]
         b_idx, p_idx = torch.nonzero(scores > threshold, as_tuple=True)
+        # NaN scores would compare False above and silently mean "no face": one check of the scores and of the
+        # survivors' boxes and landmarks (the input was checked finite by from_host)
+        flags = [torch.isfinite(scores).all()]
+        if b_idx.numel():
+            flags += [torch.isfinite(loc[b_idx, p_idx]).all(), torch.isfinite(lms[b_idx, p_idx]).all()]
+        if not bool(torch.stack(flags).all()):
+            _non_finite_detector(detector, scores)
         if b_idx.numel() == 0:
             continue
         boxes = decode_boxes(loc[b_idx, p_idx].float(), priors[p_idx], variances)

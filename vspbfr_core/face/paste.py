@@ -46,7 +46,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from .. import memory
+from ..checks import check_bool, check_float
+from ..errors import InputError, NonFiniteError
 from ..image import check_bchw
 from .align import AlignedFaces, _to3x3, affine_grid, normalized_to_pixel, pixel_to_normalized
 
@@ -109,10 +111,12 @@ def face_mask(size: int = 512, shape: MaskShape = "square", feather: float = FEA
 
 
 def _check_mask_args(shape: str, feather: float) -> None:
-    if shape not in ("square", "ellipse"):
+    if not isinstance(shape, str) or shape not in ("square", "ellipse"):
         raise InputError(f"mask_shape {shape!r}: use 'square' or 'ellipse'")
-    if not 0.0 <= float(feather) <= FEATHER_MAX:
-        raise InputError(f"feather {feather}: must lie in [0, {FEATHER_MAX:g}] (pixels of a 512 x 512 face crop)")
+    try:
+        check_float(feather, "feather", minimum=0.0, maximum=FEATHER_MAX)
+    except InputError as exc:
+        raise InputError(f"{exc} (pixels of a 512 x 512 face crop)") from None
 
 
 #----------------------------------------------------------------------------
@@ -232,7 +236,22 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
     Returns:
         ``(images [B, C, H', W'], mask [B, H', W'])`` with ``H' = round(H * upscale)``; the mask is the
         pasted area in [0, 1].  Images without faces come back unchanged (resized) with a zero mask.
+
+    Raises:
+        InputError: bad arguments (types, ranges, shapes that do not match ``aligned``, NaN / inf inputs).
+        InsufficientMemoryError: the work (mostly the upscaled output) needs more memory than the device has,
+            checked before anything large is allocated (:func:`vspbfr_core.memory.paste_bytes`), or an
+            out-of-memory error happened anyway.
+        NonFiniteError: a pasted face came out NaN / inf (never expected from finite inputs; nothing is returned).
     """
+    with memory.guard("paste_faces", images.device if isinstance(images, torch.Tensor) else None):
+        return _paste_faces(images, restored, aligned, visibility=visibility, mask_shape=mask_shape, feather=feather,
+                            color_correction=color_correction, upscale=upscale, keep_detail=keep_detail)
+
+
+def _paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFaces, *, visibility: float,
+                 mask_shape: MaskShape, feather: float, color_correction: ColorCorrection | None, upscale: float,
+                 keep_detail: bool) -> tuple[torch.Tensor, torch.Tensor]:
     images = check_bchw(images, "paste_faces: images")
     batch, channels, height, width = images.shape
     if not isinstance(aligned, AlignedFaces):
@@ -249,16 +268,32 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
         if restored.shape[0] != count or restored.shape[-1] != restored.shape[-2]:
             raise InputError(f"paste_faces: restored must be [{count}, {channels}, R, R] (one square crop per "
                              f"aligned face), got {tuple(restored.shape)}")
-    if not 0.0 <= float(visibility) <= 1.0:
-        raise InputError(f"paste_faces: visibility {visibility} must lie in [0, 1]")
+    visibility = check_float(visibility, "paste_faces: visibility", minimum=0.0, maximum=1.0)
     _check_mask_args(mask_shape, feather)
-    if color_correction not in (None, "meanstd", "wavelet"):
+    if color_correction is not None and (not isinstance(color_correction, str)
+                                         or color_correction not in ("meanstd", "wavelet")):
         raise InputError(f"paste_faces: color_correction {color_correction!r}: use None, 'meanstd' or 'wavelet'")
-    if not 0.0 < float(upscale) <= 16.0:
-        raise InputError(f"paste_faces: upscale {upscale} must lie in (0, 16]")
+    upscale = check_float(upscale, "paste_faces: upscale", minimum=0.0, maximum=16.0, min_open=True)
+    keep_detail = check_bool(keep_detail, "paste_faces: keep_detail")
 
     device, dtype = images.device, images.dtype
     out_h, out_w = max(1, round(height * upscale)), max(1, round(width * upscale))
+    pasting = count > 0 and visibility != 0.0
+    res = int(restored.shape[-1]) if pasting else 0
+    if pasting:
+        uses_original = color_correction is not None or keep_detail
+        if not _all_finite(aligned.affine) or (uses_original and not _all_finite(aligned.crops)):
+            raise InputError("paste_faces: the aligned faces contain NaN or infinite values (affine or crops); "
+                             "align them again with align_faces")
+        # output pixel -> input pixel -> crop pixel (aligned.size) -> restored pixel (res), all pixel centres
+        boxes, out_to_res = _face_regions(aligned, res, height, width, out_h, out_w, device)
+        areas = [max(0, x1 - x0) * max(0, y1 - y0) for x0, y0, x1, y1 in boxes]
+    else:
+        areas = []
+    need = memory.paste_bytes(batch, channels, height, width, out_h, out_w, dtype, areas, count if pasting else 0,
+                              res)
+    memory.ensure_available(need, device, f"paste_faces ({batch} image(s) of {width}x{height} -> {out_w}x{out_h}, "
+                            f"{count} face(s))")
     if (out_h, out_w) == (height, width):
         out = images.clone()
     else:
@@ -267,11 +302,10 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
         out = F.interpolate(images.to(resample), size=(out_h, out_w), mode="bicubic", align_corners=False,
                             antialias=antialias).clamp_(0.0, 1.0).to(images.dtype)
     mask = images.new_zeros(batch, out_h, out_w)
-    if count == 0 or float(visibility) == 0.0:
+    if not pasting:
         return out, mask
 
     work = torch.float64 if dtype == torch.float64 else torch.float32   # half-precision grids would be off by pixels
-    res = int(restored.shape[-1])
     faces = restored.to(device=device, dtype=work)
     if color_correction is not None or keep_detail:
         original = aligned.crops.to(device=device, dtype=work)
@@ -280,28 +314,8 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
                                      antialias=original.shape[-1] > res)
         if color_correction is not None:
             faces = color_correct(faces, original, color_correction)
-
-    # output pixel -> input pixel -> crop pixel (aligned.size) -> restored pixel (res), all pixel centres
-    f64 = torch.float64
-    up = torch.tensor([[width / out_w, 0.0, 0.5 * width / out_w - 0.5],
-                       [0.0, height / out_h, 0.5 * height / out_h - 0.5],
-                       [0.0, 0.0, 1.0]], dtype=f64, device=device)
-    s = res / aligned.size
-    to_res = torch.tensor([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5], [0.0, 0.0, 1.0]], dtype=f64,
-                          device=device)
-    out_to_res = to_res @ _to3x3(aligned.affine.to(device=device, dtype=f64)) @ up           # [F, 3, 3]
-    res_to_out = torch.linalg.inv(out_to_res)
-
-    # each face's region of the output: bounding box of its crop square, clipped to the image
-    corners = torch.tensor([[-0.5, -0.5, 1.0], [res - 0.5, -0.5, 1.0], [-0.5, res - 0.5, 1.0],
-                            [res - 0.5, res - 0.5, 1.0]], dtype=f64, device=device)
-    pts = (res_to_out[:, :2] @ corners.T).transpose(1, 2)                                    # [F, 4, 2]
-    lo = torch.floor(pts.min(dim=1).values + 0.5).clamp(min=0)
-    hi = torch.ceil(pts.max(dim=1).values + 0.5)
-    hi = torch.minimum(hi, torch.tensor([out_w, out_h], dtype=f64, device=device))
-    boxes = torch.cat([lo, hi], dim=1).long().tolist()                                       # x0, y0, x1, y1
-    areas = [max(0, x1 - x0) * max(0, y1 - y0) for x0, y0, x1, y1 in boxes]
     visible = [k for k in range(count) if areas[k] > 0]
+    f64 = torch.float64
 
     # the mask is the same in every crop: sample one template with each face's grid
     template = face_mask(res, mask_shape, float(feather), dtype=work, device=device)       # [R, R]
@@ -342,6 +356,7 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
             x0, y0, x1, y1 = boxes[k]
             view = (out if resized else images)[image_index[k], :, y0:y1, x0:x1]
             base_regions[k] = view.clone() if resized else view
+    finite: list[torch.Tensor] = []
     for k in visible:
         b = image_index[k]
         x0, y0, x1, y1 = boxes[k]
@@ -351,6 +366,7 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
             target = torch.addcmul(face, keep, base_regions[k].to(work) - before)
         else:
             target = face.clone()
+        finite.append(torch.isfinite(target).all())       # before the clamp, which would turn inf into 0 or 1
         target.clamp_(0.0, 1.0)
         blend = alpha * float(visibility) if float(visibility) != 1.0 else alpha
         region = out[b, :, y0:y1, x0:x1]
@@ -361,4 +377,38 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
         m = mask[b, y0:y1, x0:x1]
         a = alpha[0].to(dtype)
         m.add_(a * (1.0 - m))
+    if finite and not bool(torch.stack(finite).all()):
+        raise NonFiniteError("stage 'paste': a pasted face came out NaN or infinite from finite inputs (no network "
+                             "runs here; the alignment of that face is probably degenerate): align the faces again",
+                             stage="paste", network="paste-back", source="")
     return out, mask.clamp_(0.0, 1.0)
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every value of ``x`` is finite (one reduction)."""
+    return bool(torch.isfinite(x).all()) if x.numel() else True
+
+
+def _face_regions(aligned: AlignedFaces, res: int, height: int, width: int, out_h: int, out_w: int,
+                  device: torch.device) -> tuple[list[list[int]], torch.Tensor]:
+    """Each face's region of the output (bounding box of its crop square, clipped to the image) as
+    ``[x0, y0, x1, y1]`` lists, and the output-pixel -> restored-pixel transforms ``[F, 3, 3]`` (float64)."""
+    f64 = torch.float64
+    up = torch.tensor([[width / out_w, 0.0, 0.5 * width / out_w - 0.5],
+                       [0.0, height / out_h, 0.5 * height / out_h - 0.5],
+                       [0.0, 0.0, 1.0]], dtype=f64, device=device)
+    s = res / aligned.size
+    to_res = torch.tensor([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5], [0.0, 0.0, 1.0]], dtype=f64,
+                          device=device)
+    out_to_res = to_res @ _to3x3(aligned.affine.to(device=device, dtype=f64)) @ up           # [F, 3, 3]
+    res_to_out = torch.linalg.inv(out_to_res)
+    corners = torch.tensor([[-0.5, -0.5, 1.0], [res - 0.5, -0.5, 1.0], [-0.5, res - 0.5, 1.0],
+                            [res - 0.5, res - 0.5, 1.0]], dtype=f64, device=device)
+    pts = (res_to_out[:, :2] @ corners.T).transpose(1, 2)                                    # [F, 4, 2]
+    if not _all_finite(pts):
+        raise InputError("paste_faces: an aligned face has a degenerate (non-invertible) alignment transform; "
+                         "align the faces again with align_faces")
+    lo = torch.floor(pts.min(dim=1).values + 0.5).clamp(min=0)
+    hi = torch.ceil(pts.max(dim=1).values + 0.5)
+    hi = torch.minimum(hi, torch.tensor([out_w, out_h], dtype=f64, device=device))
+    return torch.cat([lo, hi], dim=1).long().tolist(), out_to_res                           # x0, y0, x1, y1
