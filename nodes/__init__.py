@@ -23,5 +23,6 @@ NODE_CLASS_MAPPINGS = {node_id: entry["class"] for node_id, entry in NODE_CONFIG
 NODE_DISPLAY_NAME_MAPPINGS = {node_id: entry["name"] for node_id, entry in NODE_CONFIG.items()}
 
 comfy_host.register_model_folders()
+comfy_host.install_hints()
 
 __all__ = ["NODE_CONFIG", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -30,7 +30,7 @@ import comfy.model_patcher
 import comfy.utils
 import folder_paths
 
-from ..vspbfr_core.errors import InputError, ModelNotFoundError
+from ..vspbfr_core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,34 @@ def register_model_folders() -> None:
     register_folder(DETECTOR_FOLDERS[0], os.path.join(folder_paths.models_dir, DETECTOR_FOLDERS[0]))
 
 
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # custom_nodes/<this pack>
+
+
+def download_command(folder: str, detector: str | None = None, only: str | None = None) -> str:
+    """The command that fetches model files into ``folder`` from ComfyUI's own Python (its venv has no ``vspbfr``
+    script on the PATH, and ``vspbfr_core`` is importable from the pack's folder only)."""
+    import sys
+
+    command = f'cd "{PACK_DIR}" && "{sys.executable}" -m vspbfr_core download --models "{folder}"'
+    if only is not None:
+        command += f" --only {only}"
+    if detector is not None:
+        command += f" --detector {detector}"
+    return command
+
+
+def install_hints() -> None:
+    """Messages of vspbfr_core about model files give ComfyUI's command and model folder."""
+    from ..vspbfr_core.paths import HostHints, set_host_hints
+
+    set_host_hints(HostHints(
+        download=lambda folder, detector, only_detector: download_command(
+            str(folder), detector, "detector" if only_detector else None),
+        choose_folder=f"ComfyUI's '{MODEL_FOLDER}' model folder (models/{MODEL_FOLDER}, or a '{MODEL_FOLDER}:' line in "
+                      "extra_model_paths.yaml; press R in the browser after adding files)",
+        download_identity=lambda folder: download_command(str(folder), None, "identity")))
+
+
 def model_dirs() -> list[str]:
     """The folders of the ``vspbfr`` model folder, in search order."""
     return list(folder_paths.get_folder_paths(MODEL_FOLDER))
@@ -104,12 +132,8 @@ def resolve_model_file(name: str) -> str:
     path = folder_paths.get_full_path(MODEL_FOLDER, name)
     if path is not None:
         return path
-    try:
-        return str(find_model_file(name, model_dirs()))     # also accepts the converted .safetensors twin
-    except ModelNotFoundError as exc:
-        raise ModelNotFoundError(
-            f"{exc} In ComfyUI this is the '{MODEL_FOLDER}' model folder (models/{MODEL_FOLDER}, or a "
-            f"'{MODEL_FOLDER}:' line in extra_model_paths.yaml); press R in the browser after adding files.") from exc
+    # also accepts the converted .safetensors twin; a missing file names the folders and ComfyUI's download command
+    return str(find_model_file(name, model_dirs()))
 
 
 # -- devices, precision, memory --------------------------------------------------------------------------------------

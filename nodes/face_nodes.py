@@ -9,8 +9,9 @@ IMAGE_INPUTS = {
     "latent": ("LATENT", {"tooltip": "Instead of an IMAGE: a latent, decoded with the VAE input."}),
     "vae": ("VAE", {"tooltip": "The VAE that decodes the LATENT input (and encodes the LATENT output)."}),
 }
-DETECTOR = (list(ops.DETECTORS), {"default": "retinaface_resnet50", "tooltip": "RetinaFace backbone. Weights are "
-            "looked up in models/facedetection, models/facexlib, then models/vspbfr; never downloaded."})
+DETECTOR = (list(ops.DETECTORS), {"default": "auto", "tooltip": "RetinaFace backbone. auto: whichever file is there "
+            "(detection_Resnet50_Final.pth first, else detection_mobilenet0.25_Final.pth). Weights are looked up in "
+            "models/facedetection, models/facexlib, then models/vspbfr; never downloaded."})
 SELECTION = ("STRING", {"default": "all", "tooltip": "Which faces: all, largest, center, or face indices such as "
              "0,2 (numbers as drawn on the detect preview, in the chosen order)."})
 

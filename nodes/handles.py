@@ -21,6 +21,7 @@ class ModelHandle:
     patcher: Any                      # comfy.model_patcher.ModelPatcher around pipeline.model
     dtype: torch.dtype                # precision the networks run in
     files: dict[str, str] = field(default_factory=dict)   # kind -> file path, for messages
+    detector: Any = None              # the RetinaFace the all-in-one node used last (nodes.ops.LoadedDetector)
 
     @property
     def resolution(self) -> int:
@@ -32,12 +33,14 @@ class FaceSet:
     """``VSPBFR_FACES``: the faces found in an IMAGE batch and how each was aligned (all on the CPU).
 
     ``aligned.crops`` are the original crops ``[F, 3, S, S]``; paste-back warps the restoration's change relative to
-    them, so an unchanged crop pastes back bit for bit.
+    them, so an unchanged crop pastes back unchanged (to float rounding: identical 8-bit pixels, the float values
+    within 1e-9).
     """
 
     detections: Any                   # vspbfr_core.face.Detections (F faces, image_index, order_index)
     aligned: Any                      # vspbfr_core.face.AlignedFaces (crops, affine, inverse, image_index, size)
-    detector: str = ""
+    detector: str = ""                # the detector that found them (``auto`` resolved)
+    keep: Any = field(default=None, repr=False, compare=False)   # keeps that detector loaded while this is cached
 
     def __len__(self) -> int:
         return len(self.detections)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -30,7 +31,8 @@ from ..vspbfr_core import memory
 from ..vspbfr_core.checks import check_bool, check_choice, check_float, check_int, describe_value
 from ..vspbfr_core.errors import InputError
 from ..vspbfr_core.image import from_host, to_host
-from ..vspbfr_core.pipeline import MEMORY_ADVICE, RestoreOptions, StylePrompts, VSPBFRPipeline, check_precision
+from ..vspbfr_core.pipeline import (MEMORY_ADVICE, PROGRESS_PER_FACE, RestoreOptions, StylePrompts, VSPBFRPipeline,
+                                    check_precision)
 from ..vspbfr_core.progress import Progress
 from . import comfy_host as host
 from .handles import FaceSet, ModelHandle, StyleSet
@@ -38,7 +40,8 @@ from .handles import FaceSet, ModelHandle, StyleSet
 log = logging.getLogger(__name__)
 
 KINDS = ("style_encoder_decoder", "code_diffuser", "restoration_net")
-DETECTORS = ("retinaface_resnet50", "retinaface_mobile0.25")
+DETECTOR_AUTO = "auto"              # the RetinaFace file that is there (resnet50 first), see vspbfr_core.paths
+DETECTORS = (DETECTOR_AUTO, "retinaface_resnet50", "retinaface_mobile0.25")
 ORDERS = ("left-right", "top-bottom", "area", "score")
 MASK_SHAPES = ("square", "ellipse")
 COLOR_CORRECTIONS = ("none", "meanstd", "wavelet")
@@ -46,7 +49,25 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEFAULT_THRESHOLD = 0.97            # vspbfr_core.face.DEFAULT_THRESHOLD (FaceRestoreHelper's)
 PREVIEW_FACES = 8                   # crops shown side by side in the restore node's comparison
 
-_DETECTORS: dict[tuple[str, str, float], tuple[Any, Any]] = {}   # (name, path, mtime) -> (network, patcher)
+
+
+class LoadedDetector:
+    """A RetinaFace network and its ModelPatcher.  The pack's cache holds these weakly: what keeps one alive is
+    what uses it (the detect node's cached VSPBFR_FACES output, the VSPBFR_MODEL handle of an all-in-one node) and
+    ComfyUI's own list of loaded models; so "Free model and node cache" frees it like the networks."""
+
+    def __init__(self, name: str, net: Any, patcher: Any):
+        self.name, self.net, self.patcher = name, net, patcher
+
+    def __iter__(self):                       # (net, patcher) = get_detector(name)
+        return iter((self.net, self.patcher))
+
+    def __getitem__(self, i: int) -> Any:
+        return (self.net, self.patcher)[i]
+
+
+# (name, path, mtime) -> the loaded detector, while anything holds it
+_DETECTORS: weakref.WeakValueDictionary[tuple[str, str, float], LoadedDetector] = weakref.WeakValueDictionary()
 
 
 # -- inputs and outputs ----------------------------------------------------------------------------------------------
@@ -144,19 +165,35 @@ def _activate(handle: ModelHandle, faces: int, extra: Sequence[Any] = ()) -> VSP
 
 # -- detection -------------------------------------------------------------------------------------------------------
 
-def get_detector(name: str) -> tuple[Any, Any]:
-    """RetinaFace ``name`` from ``facedetection`` / ``facexlib`` / ``vspbfr`` (cached per file) and its patcher."""
+def resolve_detector(name: str) -> str:
+    """The detector to use for the widget value ``name``: ``auto`` becomes the RetinaFace file that is in the
+    detector folders (resnet50 first, else mobile0.25; logged); an explicit name is kept (a missing file is then
+    the loader's error naming it)."""
+    from ..vspbfr_core.paths import choose_detector
+
+    check_choice(name, "facedetection", DETECTORS)
+    chosen = choose_detector(name, host.detector_dirs())
+    if name == DETECTOR_AUTO:
+        log.info("VSPBFR: facedetection auto -> %s", chosen)
+    return chosen
+
+
+def get_detector(name: str) -> LoadedDetector:
+    """RetinaFace ``name`` (``auto`` resolved) from ``facedetection`` / ``facexlib`` / ``vspbfr`` and its patcher;
+    loaded once per file while anything holds it (see :class:`LoadedDetector`)."""
     from ..vspbfr_core.face import find_detector_file, load_detector_file
 
+    name = resolve_detector(name)
     path = find_detector_file(name, host.detector_dirs())     # raises naming the file, folders and command
     key = (name, str(path), os.path.getmtime(path))
-    if key not in _DETECTORS:
-        _DETECTORS.clear()                                      # one detector at a time; the rest is garbage
+    loaded = _DETECTORS.get(key)
+    if loaded is None:
         net = load_detector_file(name, path, host.offload_device())
         net.weights_file = str(path)                            # named by NonFiniteError
-        _DETECTORS[key] = (net, host.wrap_model(net, sum(t.numel() * t.element_size()
-                                                         for t in net.state_dict().values())))
-    return _DETECTORS[key]
+        patcher = host.wrap_model(net, sum(t.numel() * t.element_size() for t in net.state_dict().values()))
+        loaded = LoadedDetector(name, net, patcher)
+        _DETECTORS[key] = loaded
+    return loaded
 
 
 def find_faces(images: torch.Tensor, detector: str, *, threshold: float = DEFAULT_THRESHOLD, min_size: float = 0.0,
@@ -178,7 +215,8 @@ def find_faces(images: torch.Tensor, detector: str, *, threshold: float = DEFAUL
     check_choice(order, "order", ORDERS)
     size = check_int(size, "face_size", minimum=8, maximum=4096)
     rgb, _ = from_host(images)                                  # IMAGE checks before any model is loaded
-    net, patcher = get_detector(detector)
+    loaded = get_detector(detector)
+    net, patcher, detector = loaded.net, loaded.patcher, loaded.name
     device = host.load_models([patcher, *extra], host.memory_estimate(1, 640, torch.float32))
     if not _on_device(net, device):
         net.to(device)
@@ -195,7 +233,7 @@ def find_faces(images: torch.Tensor, detector: str, *, threshold: float = DEFAUL
     aligned = align_faces(rgb.float().cpu(), dets, size=size)
     # channels-last storage: the crops IMAGE output [F, S, S, 3] is then a view of the same memory, not a copy
     aligned = replace(aligned, crops=aligned.crops.contiguous(memory_format=torch.channels_last))
-    return FaceSet(dets, aligned, detector)
+    return FaceSet(dets, aligned, detector, keep=loaded)
 
 
 def crops_output(faces: FaceSet) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,10 +285,13 @@ def _mix(style: StylePrompts, fidelity: float) -> StylePrompts:
 
 def restore_crops(handle: ModelHandle, crops: torch.Tensor, *, seed: int, fidelity: float = 1.0,
                   bank_scale: float = 1.0, style: StyleSet | None = None, faces: FaceSet | None = None,
-                  callback: Any = None, extra: Sequence[Any] = ()) -> torch.Tensor:
-    """Aligned crops IMAGE ``[F, S, S, C]`` -> restored crops IMAGE ``[F, R, R, 3]`` (R: the model's resolution)."""
+                  keep_gray: bool = True, callback: Any = None, extra: Sequence[Any] = ()) -> torch.Tensor:
+    """Aligned crops IMAGE ``[F, S, S, C]`` -> restored crops IMAGE ``[F, R, R, 3]`` (R: the model's resolution).
+
+    ``keep_gray``: a crop whose channels are equal (a grayscale photo: ComfyUI's LoadImage gives it as RGB) is
+    restored in gray (see :class:`vspbfr_core.pipeline.RestoreOptions`)."""
     _check_handle(handle)
-    options = RestoreOptions(seed=seed, prompt_mix=fidelity, bank_scale=bank_scale)
+    options = RestoreOptions(seed=seed, prompt_mix=fidelity, bank_scale=bank_scale, keep_gray=keep_gray)
     options.validate()
     _check_faces(faces)
     if style is not None and not isinstance(style, StyleSet):
@@ -269,7 +310,7 @@ def restore_crops(handle: ModelHandle, crops: torch.Tensor, *, seed: int, fideli
                              "the style prompt computed from these crops")
         mixed = _mix(style.style, fidelity)
     pipeline = _activate(handle, count, extra)
-    progress = Progress(3 * count, callback)
+    progress = Progress(PROGRESS_PER_FACE * count, callback)
     out = []
     for a, b in _slices(count, host.chunk_size(pipeline.device, pipeline.chunk_size)):
         part = None if mixed is None else StylePrompts(mixed.encoder_ws[a:b], mixed.prompts[a:b])
@@ -323,23 +364,25 @@ def _ensure_paste_memory(images: torch.Tensor, upscale: float, device: torch.dev
 
 def face_restore(handle: ModelHandle, images: torch.Tensor, *, detector: str, seed: int, fidelity: float = 1.0,
                  visibility: float = 1.0, selection: str = "all", only_center_face: bool = False,
-                 upscale: float = 1.0, threshold: float = DEFAULT_THRESHOLD, callback: Any = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
+                 upscale: float = 1.0, threshold: float = DEFAULT_THRESHOLD, keep_gray: bool = True,
+                 callback: Any = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The all-in-one node: detect, restore and paste, with crops at the model's resolution."""
     _check_handle(handle)
     check_choice(detector, "facedetection", DETECTORS)
     check_bool(only_center_face, "only_center_face")
     RestoreOptions(seed=seed, prompt_mix=fidelity, visibility=visibility, upscale=upscale, selection=selection,
-                   threshold=threshold).validate()
+                   threshold=threshold, keep_gray=keep_gray).validate()
     _ensure_paste_memory(images, float(upscale), host.intermediate_device())     # before any detection work
-    det_patcher = get_detector(detector)[1]
-    faces = find_faces(images, detector, threshold=threshold, selection="center" if only_center_face else selection,
-                       size=handle.resolution, callback=callback, extra=[handle.patcher])
+    loaded = get_detector(detector)
+    handle.detector = loaded            # lives as long as the loader node's cached output (see LoadedDetector)
+    faces = find_faces(images, loaded.name, threshold=threshold,
+                       selection="center" if only_center_face else selection, size=handle.resolution,
+                       callback=callback, extra=[handle.patcher])
     restored = torch.zeros(0, handle.resolution, handle.resolution, 3)
     if len(faces):
         crops = faces.aligned.crops.permute(0, 2, 3, 1)
-        restored = restore_crops(handle, crops, seed=seed, fidelity=fidelity, faces=faces, callback=callback,
-                                 extra=[det_patcher])
+        restored = restore_crops(handle, crops, seed=seed, fidelity=fidelity, faces=faces, keep_gray=keep_gray,
+                                 callback=callback, extra=[loaded.patcher])
     out, mask = paste(images, faces, restored, visibility=visibility, upscale=upscale)
     return out, mask, len(faces)
 

@@ -13,9 +13,13 @@ SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_afte
                 "in any batch; use the same seed on the style prompt and restore nodes."})
 FACES = ("VSPBFR_FACES", {"tooltip": "Optional: the detect node's faces, so each face is seeded by its index in "
                           "its own image, exactly as the all-in-one node does."})
-FIDELITY = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Style prompt mix: 1 is "
+FIDELITY = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Style prompt mix "
+                      "(saved as 'fidelity'; NOT CodeFormer's fidelity, whose 1 means closest to the input): 1 is "
                       "the diffused visual style prompt (official VSPBFR); lower values follow the degraded face's "
-                      "own W+ code more."})
+                      "own W+ code more, i.e. stay closer to the input."})
+KEEP_GRAY = ("BOOLEAN", {"default": True, "tooltip": "A face whose crop is gray (equal R, G, B: a black-and-white "
+                         "photo, which LoadImage gives as RGB) comes back gray. Off: keep the colours the network "
+                         "invents."})
 BANK_SCALE = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 4.0, "step": 0.05, "tooltip": "Strength of the "
                         "StyleGAN feature bank (generative prior) in the decoder: 1 official, lower trusts the input "
                         "more, higher the prior."})
@@ -52,11 +56,11 @@ class VSPBFRRestoreFaces:
         return {"required": {"model": MODEL, "crops": CROPS, "seed": SEED, "fidelity": FIDELITY,
                              "bank_scale": BANK_SCALE},
                 "optional": {"style": ("VSPBFR_STYLE", {"tooltip": "Style prompts of these crops; computed here "
-                                       "when unconnected."}), "faces": FACES}}
+                                       "when unconnected."}), "faces": FACES, "keep_gray": KEEP_GRAY}}
 
-    def restore(self, model, crops, seed, fidelity, bank_scale, style=None, faces=None):
+    def restore(self, model, crops, seed, fidelity, bank_scale, style=None, faces=None, keep_gray=True):
         restored = ops.restore_crops(model, crops, seed=seed, fidelity=fidelity, bank_scale=bank_scale, style=style,
-                                     faces=faces, callback=host.Progress())
+                                     faces=faces, keep_gray=keep_gray, callback=host.Progress())
         return {"ui": ops.compare_preview(crops, restored, crops=True), "result": (restored,)}
 
 
@@ -82,13 +86,15 @@ class VSPBFRFaceRestore:
             "upscale": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 8.0, "step": 0.5,
                                   "tooltip": "Scale of the output; faces are pasted at the new scale."}),
             "seed": SEED,
-        }, "optional": dict(IMAGE_INPUTS), "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
+        }, "optional": {**IMAGE_INPUTS, "keep_gray": KEEP_GRAY},
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
 
     def restore(self, model, facedetection, fidelity, visibility, only_center_face, selection, upscale, seed,
-                image=None, latent=None, vae=None, prompt=None, unique_id=None):
+                image=None, latent=None, vae=None, keep_gray=True, prompt=None, unique_id=None):
         images = ops.input_images(image, latent, vae)
         out, mask, count = ops.face_restore(model, images, detector=facedetection, seed=seed, fidelity=fidelity,
                                             visibility=visibility, selection=selection, upscale=upscale,
-                                            only_center_face=only_center_face, callback=host.Progress())
+                                            only_center_face=only_center_face, keep_gray=keep_gray,
+                                            callback=host.Progress())
         latent_out = ops.latent_output(vae, out, prompt, unique_id, 3)
         return {"ui": ops.compare_preview(images, out), "result": (out, mask, count, latent_out)}

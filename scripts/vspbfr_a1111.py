@@ -75,7 +75,7 @@ class OptionSpec(NamedTuple):
     field: str
     default: Any
     label: str
-    kind: str                                   # "int" | "float" | "choice" | "text"
+    kind: str                                   # "int" | "float" | "choice" | "text" | "bool"
     minimum: float | None = None
     maximum: float | None = None
     step: float | None = None
@@ -96,10 +96,12 @@ ORDERS = ("left-right", "top-bottom", "area", "score")
 SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("seed", 0, "VSPBFR seed", "int", -1, SEED_MAX, 1, infotext="VSPBFR seed",
                help="-1 = a new random seed per job; the seed used is written to the infotext"),
-    OptionSpec("prompt_mix", 1.0, "VSPBFR fidelity: style prompt mix", "float", 0.0, 1.0, 0.01,
+    OptionSpec("prompt_mix", 1.0, "VSPBFR style prompt mix (1 = official, lower = closer to the input)", "float",
+               0.0, 1.0, 0.01,
                infotext="VSPBFR prompt mix",
                help="1 = diffused visual style prompt (official); 0 = the encoder's code, closer to the input face"),
-    OptionSpec("bank_scale", 1.0, "VSPBFR fidelity: feature bank strength", "float", 0.0, 2.0, 0.05,
+    OptionSpec("bank_scale", 1.0, "VSPBFR feature bank strength (1 = official, lower = closer to the input)",
+               "float", 0.0, 2.0, 0.05,
                infotext="VSPBFR bank scale",
                help="1 = official; lower takes less generated detail from the StyleGAN feature bank"),
     OptionSpec("visibility", 1.0, "VSPBFR visibility", "float", 0.0, 1.0, 0.01, infotext="VSPBFR visibility",
@@ -118,6 +120,9 @@ SPECS: tuple[OptionSpec, ...] = (
                infotext="VSPBFR color correction", help="match the restored face's colours to the original"),
     OptionSpec("mask_shape", "square", "VSPBFR paste mask", "choice", choices=("square", "ellipse"),
                infotext="VSPBFR mask"),
+    OptionSpec("keep_gray", True, "VSPBFR keep grayscale faces gray", "bool", infotext="VSPBFR keep gray",
+               help="a face whose R, G and B are equal (a black-and-white photo) comes back gray; off: the colours "
+                    "the network invents"),
     OptionSpec("detector", DETECTOR_AUTO, "VSPBFR face detector", "choice", choices=DETECTORS,
                infotext="VSPBFR detector",
                help="auto = the RetinaFace file that is there (detection_Resnet50_Final.pth first, else "
@@ -130,6 +135,12 @@ INFOTEXT_ALWAYS = ("seed", "visibility", "prompt_mix", "bank_scale")   # recorde
 def coerce(spec: OptionSpec, value: Any) -> Any:
     """``value`` checked and converted for ``spec``; raises InputError naming the option."""
     name = spec.field
+    if spec.kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):     # pasted infotext
+            return value.strip().lower() == "true"
+        raise InputError(f"{name}: expected true or false, got {value!r}")
     if spec.kind in ("int", "float"):
         if isinstance(value, bool) or value is None:
             raise InputError(f"{name}: expected a number, got {value!r}")
@@ -195,7 +206,7 @@ class ResolvedOptions:
                               prompt_mix=float(v["prompt_mix"]), bank_scale=float(v["bank_scale"]),
                               visibility=float(v["visibility"]),
                               color_correction=None if v["color_correction"] == "none" else v["color_correction"],
-                              mask_shape=v["mask_shape"])
+                              mask_shape=v["mask_shape"], keep_gray=bool(v["keep_gray"]))
 
     def infotext(self) -> dict[str, Any]:
         """Infotext entries: seed, visibility and fidelity always, the other options when not at their default."""
@@ -618,6 +629,8 @@ def add_settings() -> None:
     for spec in SPECS:
         if spec.field == "seed":
             component, args = gr.Number, {"precision": 0}
+        elif spec.kind == "bool":
+            component, args = gr.Checkbox, None
         elif spec.kind in ("int", "float"):
             component, args = gr.Slider, {"minimum": spec.minimum, "maximum": spec.maximum, "step": spec.step}
         elif spec.kind == "choice":
@@ -801,6 +814,8 @@ class VSPBFRPostprocessing(scripts_postprocessing.ScriptPostprocessing):
                 controls["color_correction"] = dropdown("color_correction")
                 controls["mask_shape"] = dropdown("mask_shape")
                 controls["detector"] = dropdown("detector", (DETECTOR_FROM_SETTINGS,))
+                controls["keep_gray"] = gr.Checkbox(value=SPEC_BY_FIELD["keep_gray"].default,
+                                                    label=SPEC_BY_FIELD["keep_gray"].label, elem_id=eid("keep_gray"))
         # the note follows the detector chosen here, and files copied in while the page is open
         controls["detector"].change(fn=status_html, inputs=[controls["detector"]], outputs=[note])
         recheck.click(fn=status_html, inputs=[controls["detector"]], outputs=[note])

@@ -41,3 +41,13 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_tiny_checkpoints(d)
     shutil.copy(detector, d)
     return d
+
+
+@pytest.fixture(autouse=True)
+def _restore_host_hints():
+    """The A1111 adapter installs its own message hints (process-wide, as in a webui): undo that after each test."""
+    from vspbfr_core import paths
+
+    saved = paths.host_hints()
+    yield
+    paths.set_host_hints(saved)

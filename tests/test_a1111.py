@@ -322,7 +322,8 @@ def test_extras_rgba_keeps_alpha_and_records_infotext(tmp_path, weights_dir):
     rgba = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
     ours = [s for s in scripts.scripts_postproc.scripts if s.name == "VSPBFR"][0]
     assert set(ours.controls) == {"enable", "visibility", "prompt_mix", "bank_scale", "seed", "selection", "order",
-                                  "max_faces", "min_size", "threshold", "color_correction", "mask_shape", "detector"}
+                                  "max_faces", "min_size", "threshold", "color_correction", "mask_shape", "detector",
+                                  "keep_gray"}
     assert ours.controls["enable"].value is False and ours.controls["detector"].value == "from settings"
     assert ours.controls["seed"].value == 0 and ours.controls["visibility"].value == 1.0
     assert "weights found" in find_block(webui.demo, "extras_vspbfr_status").page_load()
@@ -557,7 +558,7 @@ def test_options_api_lists_our_settings_when_modules_api_was_imported_first(tmp_
     options = client.get("/sdapi/v1/options").json()
     assert "late_option" not in options                         # the stand-in filters like the webui does
     ours = [k for k in shared.opts.data_labels if k.startswith("vspbfr_") and k != "vspbfr_status"]
-    assert len(ours) == 13 and set(ours) <= set(options)
+    assert len(ours) == 14 and set(ours) <= set(options)
     assert options["vspbfr_detector"] == "auto" and options["vspbfr_seed"] == 0
     assert client.post("/sdapi/v1/options", json={"vspbfr_prompt_mix": 0.5}).status_code == 200
     assert client.get("/sdapi/v1/options").json()["vspbfr_prompt_mix"] == 0.5

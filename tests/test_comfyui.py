@@ -72,7 +72,7 @@ def comfy(tmp_path_factory):
     server.start()
     try:
         server.photo = np.asarray(Image.open(photo_path).convert("RGB"))
-        server.upload_image(png_bytes(server.photo), "vspbfr_example.png")
+        server.upload_image(png_bytes(server.photo), "example.png")
         server.models = models
         yield server
     finally:
@@ -211,7 +211,10 @@ def test_a_missing_model_file_is_an_error_naming_file_folder_and_download(comfy)
     error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
     assert error["node_type"] == "VSPBFRModelLoader"
     message = error["exception_message"]
-    assert "restoration_net.pt" in message and str(comfy.models / "vspbfr") in message and "vspbfr download" in message
+    assert "restoration_net.pt" in message and str(comfy.models / "vspbfr") in message
+    # the command that works there: ComfyUI's own Python, from the pack's folder (no `vspbfr` script on its PATH)
+    assert f'-m vspbfr_core download --models "{comfy.models / "vspbfr"}"' in message and "vspbfr download" not in message
+    assert "extra_model_paths.yaml" in message
 
 
 def test_unload_models_frees_our_networks(comfy):

@@ -194,7 +194,10 @@ def test_a_missing_model_file_names_the_file_the_folder_and_the_download_command
     finally:
         hidden.rename(path)
     message = str(info.value)
-    assert "restoration_net.pt" in message and str(env.models / "vspbfr") in message and "vspbfr download" in message
+    assert "restoration_net.pt" in message and str(env.models / "vspbfr") in message
+    # the command that works there: ComfyUI's own Python, from the pack's folder (no `vspbfr` script on its PATH)
+    assert f'-m vspbfr_core download --models "{env.models / "vspbfr"}"' in message and "vspbfr download" not in message
+    assert "extra_model_paths.yaml" in message
 
 
 # -- detection -------------------------------------------------------------------------------------------------------
@@ -280,15 +283,63 @@ def test_progress_per_face_step_and_interrupt_within_one_face(env, state):
         state.progress.clear()
         env.nodes["VSPBFRRestoreFaces"].restore(env.model, crops, 0, 1.0, 1.0, None, faces)
         assert calls == [1, 1, 1, 1]                            # one face per call on the CPU
-        assert state.progress[-1] == (3 * PHOTO_FACES, 3 * PHOTO_FACES) and len(state.progress) == 3 * PHOTO_FACES
+        # four steps per face: encode, diffuse, feature bank, restore
+        assert state.progress[-1] == (4 * PHOTO_FACES, 4 * PHOTO_FACES) and len(state.progress) == 4 * PHOTO_FACES
         calls.clear()
         state.progress.clear()
-        state.interrupt_after = 4                               # Cancel pressed during the second face
+        state.interrupt_after = 5                               # Cancel pressed during the second face
         with pytest.raises(stubs.InterruptProcessingException):
             env.nodes["VSPBFRRestoreFaces"].restore(env.model, crops, 0, 1.0, 1.0, None, faces)
-        assert len(state.progress) == 4 and calls == [1, 1]     # stopped at the next step of that face
+        assert len(state.progress) == 5 and calls == [1, 1]     # stopped at the next step of that face
     finally:
         del pipeline.restore_faces
+
+
+def test_auto_detector_uses_the_file_that_is_there(env, state):
+    """Only mobile0.25 installed: the default `auto` uses it (in both nodes), an explicit resnet50 is honoured with
+    a clear error; `auto` gives the same pixels as naming mobile0.25."""
+    for node in ("VSPBFRDetectFaces", "VSPBFRFaceRestore"):
+        spec = env.pack.NODE_CLASS_MAPPINGS[node].INPUT_TYPES()["required"]["facedetection"]
+        assert spec[0][0] == "auto" and spec[1]["default"] == "auto"
+    faces = detect(env, facedetection="auto")["result"][0]
+    assert faces.detector == "retinaface_mobile0.25" and len(faces) == PHOTO_FACES
+    with pytest.raises(env.errors.ModelNotFoundError, match="detection_Resnet50_Final.pth"):
+        detect(env, facedetection="retinaface_resnet50")
+    auto = all_in_one(env, env.photo, facedetection="auto")["result"][0]
+    assert torch.equal(auto, all_in_one(env, env.photo, facedetection=DETECTOR)["result"][0])
+
+
+def test_the_detector_lives_as_long_as_what_uses_it(env, state):
+    """No module-level strong cache: once ComfyUI has unloaded the detector and dropped the cached outputs that
+    hold it ("Free model and node cache"), its memory is freed; while something holds it, it is loaded once."""
+    import gc
+
+    faces = detect(env)["result"][0]
+    again = detect(env)["result"][0]
+    assert again.keep is faces.keep                          # one detector, shared while alive
+    all_in_one(env, env.photo)
+    assert env.model.detector is faces.keep                  # the model handle holds the one it used
+    ref = __import__("weakref").ref(faces.keep.net)
+    del faces, again
+    env.model.detector = None
+    stubs.STATE.loads.clear()
+    env.host.model_management.unload_all_models()             # ComfyUI's "Unload models" (and the cache dropped)
+    gc.collect()
+    assert ref() is None and len(env.ops._DETECTORS) == 0
+
+
+def test_keep_gray_widget(env, state):
+    gray = env.photo.mean(dim=-1, keepdim=True).expand(-1, -1, -1, 3).contiguous()
+    out = all_in_one(env, gray)["result"][0]
+    assert torch.equal(out[..., 0], out[..., 1]) and torch.equal(out[..., 1], out[..., 2])
+    colored = all_in_one(env, gray, keep_gray=False)["result"][0]
+    assert not torch.equal(colored[..., 0], colored[..., 2])
+    faces, crops = detect(env, image=gray)["result"][:2]
+    restored = env.nodes["VSPBFRRestoreFaces"].restore(env.model, crops, 3, 1.0, 1.0, None, faces)["result"][0]
+    assert torch.equal(restored[..., 0], restored[..., 2])
+    for node in ("VSPBFRRestoreFaces", "VSPBFRFaceRestore"):
+        spec = env.pack.NODE_CLASS_MAPPINGS[node].INPUT_TYPES()["optional"]["keep_gray"]
+        assert spec[0] == "BOOLEAN" and spec[1]["default"] is True      # optional: saved workflows load as before
 
 
 def test_networks_are_loaded_through_the_memory_manager_and_can_be_unloaded(env, state):
@@ -395,14 +446,22 @@ def test_example_workflows_use_existing_inputs(env):
             known = set(spec["required"]) | set(spec.get("optional", {}))
             assert set(node["inputs"]) <= known and set(spec["required"]) <= set(node["inputs"]), api_file.name
         ui = json.loads((api_file.parent.parent / api_file.name).read_text())
-        assert sorted(n["type"] for n in ui["nodes"]) == sorted(n["class_type"] for n in prompt.values())
+        graph_nodes = [n for n in ui["nodes"] if n["type"] != "Note"]             # the Note is front-end only
+        assert sorted(n["type"] for n in graph_nodes) == sorted(n["class_type"] for n in prompt.values())
         links = sum(isinstance(v, list) for n in prompt.values() for v in n["inputs"].values())
         assert len(ui["links"]) == links
+        # what a new user gets: a detector that works with either RetinaFace file, an image every ComfyUI has,
+        # nodes wide enough for their labels, and a note saying what to change
+        assert all(n["inputs"].get("facedetection", "auto") == "auto" for n in prompt.values())
+        assert [n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage"] == ["example.png"]
+        assert all(n["size"][0] >= 360 for n in graph_nodes if n["type"].startswith("VSPBFR"))
+        notes = [n for n in ui["nodes"] if n["type"] == "Note"]
+        assert len(notes) == 1 and "auto" in notes[0]["widgets_values"][0]
 
 
 def test_registry_metadata_and_web_directory(env):
     comfy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["comfy"]
-    assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["web"] == "web"
+    assert comfy["PublisherId"] and comfy["DisplayName"] and "web" not in comfy     # WEB_DIRECTORY registers web/
     assert {m["location"] for m in comfy["Models"]} >= {"/vspbfr/restoration_net.pt", "/vspbfr/code_diffuser.pt",
                                                         "/vspbfr/style_encoder_decoder.pt"}
     js = (ROOT / env.pack.WEB_DIRECTORY / "js" / "vspbfr.js").read_text()

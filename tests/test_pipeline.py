@@ -154,6 +154,41 @@ def test_callback_reports_progress_and_can_interrupt(pipe: VSPBFRPipeline) -> No
         pipe(img, callback=stop_at_restore)
 
 
+def test_progress_moves_per_face_and_stage_inside_a_chunk(pipe: VSPBFRPipeline) -> None:
+    """4 faces in one chunk: the feature bank and the restoration report each face on the CPU (a 4-face chunk
+    used to sit on one number for the whole chunk), and the total is 4 steps per face plus detect and paste."""
+    img = load("cf_00.jpg")                                  # 4 faces, one chunk (chunk_size 4)
+    assert pipe.chunk_size >= 4
+    seen: list[tuple[int, int, str]] = []
+    pipe(img, callback=lambda d, t, s: seen.append((d, t, s)))
+    stages = [s for _, _, s in seen]
+    assert stages == ["detect", "encode", "diffuse"] + ["feature bank"] * 4 + ["restore"] * 4 + ["paste"]
+    assert [d for d, _, _ in seen] == [1, 5, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18] and seen[-1][1] == 18
+
+
+def test_grayscale_photos_get_gray_faces(pipe: VSPBFRPipeline) -> None:
+    """A photo whose channels are equal (how ComfyUI and A1111 hand over a black-and-white picture) gets gray faces
+    back unless colour is asked for; colour photos are not affected by the option."""
+    color = load("cf_04.jpg")
+    gray3 = color.mean(dim=-1, keepdim=True).expand(-1, -1, -1, 3).contiguous()
+    res = pipe(gray3, seed=2)
+    assert res.faces_found == 1
+    out = res.images[0]
+    assert torch.equal(out[..., 0], out[..., 1]) and torch.equal(out[..., 1], out[..., 2])
+    assert torch.equal(res.restored_crops[:, 0], res.restored_crops[:, 1])
+    colored_res = pipe(gray3, seed=2, keep_gray=False)
+    colored = colored_res.images[0]
+    inside = res.masks[0] > 0.99
+    assert (colored[..., 0] - colored[..., 2]).abs()[inside].max() > 0.01       # the network's own colours
+    # the gray face is the BT.601 luma of the face the network gave
+    from vspbfr_core.image import rgb_to_gray
+    luma = rgb_to_gray(colored_res.restored_crops).clamp(0, 1)[:, 0]
+    assert torch.equal(res.restored_crops[:, 0], luma)
+    assert torch.equal(pipe(color, seed=2).images, pipe(color, seed=2, keep_gray=False).images)
+    # one gray channel in, one out (to_host), as before
+    assert pipe(color.mean(dim=-1, keepdim=True), seed=2).images.shape[-1] == 1
+
+
 def test_low_memory_mode_same_result(models_dir: Path, pipe: VSPBFRPipeline) -> None:
     low = VSPBFRPipeline.from_dir(models_dir, detector="retinaface_mobile0.25", low_memory=True).to("cpu")
     img = load("gfpgan_00.jpg")

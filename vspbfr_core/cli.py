@@ -142,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .paths import HostHints, set_host_hints
+
     safe_output_streams()
+    set_host_hints(HostHints())            # messages name this program's commands and options
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")

@@ -24,7 +24,7 @@ Non-finite *inputs* to a stage are an :class:`~vspbfr_core.errors.InputError` in
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -288,11 +288,14 @@ class VSPBFRModel(nn.Module):
         return prompts
 
     def feature_bank(self, prompts: torch.Tensor, noise: list[torch.Tensor], extra_noise: list[torch.Tensor] | None = None,
-                     style_sample: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+                     style_sample: bool = False, on_group: Callable[[int], None] | None = None
+                     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """StyleGAN2 features 4..R px from the prompts; with ``style_sample`` the full RGB render too.
 
         Runs in ``compute_dtype`` whatever the prompts' dtype (the synthesis follows its input's dtype, so
         float32 prompts from ``diffuse`` would otherwise run a half-precision model's bank in float32).
+        ``on_group(faces)`` is called after each group of faces (one face at a time on CPU, see
+        :meth:`_face_slices`), for progress reports; it may raise to interrupt.
         """
         prompts = prompts.to(self.compute_dtype)
         if style_sample:
@@ -305,9 +308,13 @@ class VSPBFRModel(nn.Module):
                               {"prompts": prompts, "noise": list(noise) + list(extra_noise)})
             return feats[: self.num_bank_features], img
         nhwc = self._nhwc(prompts)
+        parts = []
         with exact_float32(not self.allow_tf32):
-            parts = [self.stylegan(prompts[f], [t[f] for t in noise], self.num_bank_features, channels_last=nhwc)[0]
-                     for f in self._face_slices(prompts)]
+            for f in self._face_slices(prompts):
+                parts.append(self.stylegan(prompts[f], [t[f] for t in noise], self.num_bank_features,
+                                           channels_last=nhwc)[0])
+                if on_group is not None:
+                    on_group(parts[-1][0].shape[0])
         bank = parts[0] if len(parts) == 1 else [torch.cat(level) for level in zip(*parts)]
         self.check_finite("feature_bank", "stylegan", bank, {"prompts": prompts, "noise": list(noise)})
         return bank, None
@@ -357,7 +364,8 @@ class VSPBFRModel(nn.Module):
             stage=stage, network=network, source=source)
 
     def restore(self, faces: torch.Tensor, bank: list[torch.Tensor], prompts: torch.Tensor, noise: RestoreNoise,
-                bank_scale: float = 1.0) -> torch.Tensor:
+                bank_scale: float = 1.0, on_group: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Faces + bank + prompts + noise -> restored faces; ``on_group`` as in :meth:`feature_bank`."""
         faces = self.memory_format(faces.to(self.compute_dtype))
         groups = self._face_slices(faces)
         outs = []
@@ -366,6 +374,8 @@ class VSPBFRModel(nn.Module):
                 part = noise if len(groups) == 1 else noise.slice(g.start, g.stop)
                 outs.append(self.restoration_net(faces[g], [f[g] for f in bank], prompts[g], part.z1, part.z2,
                                                  part.inject_index, part.encoder, part.decoder, bank_scale=bank_scale))
+                if on_group is not None:
+                    on_group(outs[-1].shape[0])
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         self.check_finite("restore", "restoration_net", [out],
                           {"faces": faces, "feature bank": list(bank), "prompts": prompts,

@@ -60,7 +60,9 @@ __all__ = ["VSPBFRPipeline", "RestoreOptions", "RestoreResult", "StylePrompts", 
 log = logging.getLogger(__name__)
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+GRAY_TOLERANCE = 2.0 / 255.0      # a crop whose channels differ by at most this everywhere is a gray face
 MODEL_KINDS = ("style_encoder_decoder", "code_diffuser", "restoration_net")
+PROGRESS_PER_FACE = 4             # progress units per face: encode, diffuse, feature bank, restore
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,9 @@ class RestoreOptions:
     mask_shape: str = "square"                 # "square" (eroded + blurred, as facexlib) | "ellipse"
     feather: float | None = None               # soft-mask blur, in crop pixels at 512 (None: default)
     upscale: float = 1.0                       # whole-image scale factor of the output
+    # gray inputs: a face whose crop has equal R, G, B (within GRAY_TOLERANCE) is restored in gray (BT.601 luma
+    # of the network's colour output); False: keep the colours the network gives it
+    keep_gray: bool = True
 
     def validate(self) -> None:
         """Check the type and range of every field; all problems are reported in one InputError.
@@ -119,6 +124,7 @@ class RestoreOptions:
             lambda: check_choice(self.mask_shape, "mask_shape", ("square", "ellipse")),
             lambda: self.feather is None or check_float(self.feather, "feather", minimum=0.0, maximum=FEATHER_MAX),
             lambda: check_float(self.upscale, "upscale", minimum=1.0, maximum=8.0),
+            lambda: check_bool(self.keep_gray, "keep_gray"),
         ]
         problems = []
         for check in checks:
@@ -131,6 +137,30 @@ class RestoreOptions:
 
 
 OPTION_NAMES = tuple(f.name for f in fields(RestoreOptions))
+
+
+def is_gray(crops: torch.Tensor, tolerance: float = GRAY_TOLERANCE) -> torch.Tensor:
+    """[F] bool: whether each crop ``[F, 3, H, W]`` has equal channels within ``tolerance`` everywhere (a face from
+    a grayscale image: ComfyUI, A1111 and 3-channel JPEGs give such images as RGB)."""
+    if crops.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    c = crops.float()
+    spread = torch.maximum((c[:, 0] - c[:, 1]).abs().amax(dim=(1, 2)), (c[:, 1] - c[:, 2]).abs().amax(dim=(1, 2)))
+    return (spread <= tolerance).cpu()
+
+
+def gray_like_input(restored: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
+    """``restored`` with every face whose input crop is gray (:func:`is_gray`) turned into gray (BT.601 luma on
+    all three channels); colour faces are returned as they are (the same tensor when none is gray)."""
+    from .image import rgb_to_gray
+
+    gray = is_gray(crops)
+    if not bool(gray.any()):
+        return restored
+    out = restored.clone()
+    idx = gray.nonzero().flatten().to(restored.device)
+    out[idx] = rgb_to_gray(restored[idx]).clamp(0.0, 1.0).expand(-1, 3, -1, -1)
+    return out
 
 
 def resolve_options(options: Any = None, overrides: dict[str, Any] | None = None, where: str = "options",
@@ -411,9 +441,15 @@ class VSPBFRPipeline:
         _check_crops(crops, "encode")
         return self._encode(crops)
 
-    def _encode(self, crops: torch.Tensor) -> torch.Tensor:
+    def _encode(self, crops: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
         self._use("style_encoder")
-        return self._chunked(lambda a, b: self.model.encode(self._signed(crops[a:b])), crops.shape[0])
+
+        def run(a: int, b: int) -> torch.Tensor:
+            ws = self.model.encode(self._signed(crops[a:b]))
+            if progress is not None:
+                progress.step("encode", b - a)
+            return ws
+        return self._chunked(run, crops.shape[0])
 
     @torch.inference_mode()
     @_guarded("diffuse")
@@ -470,15 +506,14 @@ class VSPBFRPipeline:
             if style.prompts.shape[0] != n:
                 raise InputError(f"restore_faces: the style holds {style.prompts.shape[0]} face(s) but {n} crop(s) "
                                  "arrived; compute it from these crops")
-        progress = progress or Progress(3 * n, callback)
+        progress = progress or Progress(PROGRESS_PER_FACE * n, callback)
         if n == 0:
             r = self.model.resolution
             empty = crops.new_zeros(0, 3, r, r)
             return empty, StylePrompts(empty.new_zeros(0, 1, 1), empty.new_zeros(0, 1, 1))
         noise = self.noise_for(keys, o.seed)
         if style is None:
-            ws = self._encode(crops)
-            progress.step("encode", n)
+            ws = self._encode(crops, progress)
             prompts = self._diffuse(ws, noise)
             progress.step("diffuse", n)
             if o.prompt_mix != 1.0:
@@ -486,18 +521,23 @@ class VSPBFRPipeline:
             style = StylePrompts(ws, prompts)
         else:
             progress.step("style", 2 * n)
+        # (the chunks below step "feature bank" and "restore" once per face on CPU, per chunk elsewhere)
         self._use("stylegan", "restoration_net")
         noise = noise.to(self.device, self.dtype)
 
         def run(a: int, b: int) -> torch.Tensor:
             part = noise.slice(a, b)
             prompts = style.prompts[a:b].to(self.device, self.dtype)
-            bank, _ = self.model.feature_bank(prompts, part.stylegan)
-            out = self.model.restore(self._signed(crops[a:b]), bank, prompts, part, o.bank_scale)
-            progress.step("restore", b - a)
+            bank, _ = self.model.feature_bank(prompts, part.stylegan,
+                                              on_group=lambda k: progress.step("feature bank", k))
+            out = self.model.restore(self._signed(crops[a:b]), bank, prompts, part, o.bank_scale,
+                                     on_group=lambda k: progress.step("restore", k))
             return ((out.float() + 1.0) * 0.5).clamp(0.0, 1.0)
 
-        return self._chunked(run, n), style
+        restored = self._chunked(run, n)
+        if o.keep_gray:
+            restored = gray_like_input(restored, crops)
+        return restored, style
 
     def _chunked(self, fn: Callable[[int, int], torch.Tensor], n: int) -> torch.Tensor:
         """Run ``fn(start, stop)`` over chunks of faces, halving the chunk on out-of-memory."""
@@ -581,7 +621,7 @@ class VSPBFRPipeline:
         # 1. detect
         dets = self.detect(images, o)
         n = len(dets)
-        progress = Progress(3 * n + 2, callback)
+        progress = Progress(PROGRESS_PER_FACE * n + 2, callback)
         progress.step("detect")
         if n == 0:
             log.warning("no face selected in %d image(s); returning them unchanged%s", images.shape[0],

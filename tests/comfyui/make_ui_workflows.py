@@ -18,11 +18,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 EXAMPLES = ROOT / "example_workflows"
-COLUMN = 360   # horizontal spacing of the layout (nodes are placed by their depth in the graph)
+COLUMN = 400   # horizontal spacing of the layout (nodes are placed by their depth in the graph)
+MIN_WIDTH = 360   # node width that shows every widget label in full (computeSize is narrower on some front-ends)
+NOTE = ("Put your photo in the Load Image node (ComfyUI's example.png has no face: it passes through unchanged). "
+        "facedetection 'auto' uses whichever RetinaFace file you have (detection_Resnet50_Final.pth or "
+        "detection_mobilenet0.25_Final.pth in models/facedetection). The 'fidelity' widget, shown as 'style prompt "
+        "mix', is 1 for the official VSPBFR result; lower values stay closer to the input face. Model files: "
+        "models/vspbfr (see the pack's README).")
 
-# (prompt, layout) -> serialised LiteGraph workflow; widgets are set by name, links by input name.
+# (prompt, layout, min width, note) -> serialised LiteGraph workflow; widgets are set by name, links by input name;
+# a Note node (front-end only, not part of the prompt) explains what to change.
 BUILD_GRAPH_JS = r"""
-(async ([prompt, layout]) => {
+(async ([prompt, layout, minWidth, note]) => {
   app.graph.clear();
   const nodes = {};
   for (const [id, spec] of Object.entries(prompt)) {
@@ -48,7 +55,15 @@ BUILD_GRAPH_JS = r"""
       nodes[value[0]].connect(value[1], nodes[id], slot);
     }
   }
-  for (const node of Object.values(nodes)) node.setSize(node.computeSize());
+  for (const node of Object.values(nodes)) {
+    const size = node.computeSize();
+    node.setSize([Math.max(size[0], minWidth), size[1]]);
+  }
+  const help = LiteGraph.createNode("Note");
+  help.pos = [40, 60 + 380 * 2];
+  help.widgets[0].value = note;
+  app.graph.add(help);
+  help.setSize([minWidth, 200]);
   return JSON.stringify(app.graph.serialize());
 })
 """
@@ -96,7 +111,7 @@ def main() -> int:
             browser.wait_for("window.app && window.LiteGraph && LiteGraph.registered_node_types.VSPBFRFaceRestore")
             for api_file in sorted((EXAMPLES / "api").glob("*.json")):
                 prompt = json.loads(api_file.read_text())
-                arg = json.dumps([prompt, layout(prompt)])
+                arg = json.dumps([prompt, layout(prompt), MIN_WIDTH, NOTE])
                 workflow = json.loads(browser.evaluate(f"{BUILD_GRAPH_JS}({arg})"))
                 (EXAMPLES / api_file.name).write_text(json.dumps(workflow, indent=2) + "\n")
                 print(f"wrote {EXAMPLES / api_file.name}")

@@ -111,6 +111,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--mask-shape", choices=("square", "ellipse"), default="square", help="paste-back mask shape")
     r.add_argument("--feather", metavar="PX", type=number(float, low=0), default=None,
                    help="paste-back mask softness in crop pixels at 512 (default: the standard softness, 50)")
+    r.add_argument("--colorize-gray", action="store_true",
+                   help="give faces of grayscale photos the colours the network invents (by default a face whose "
+                        "R, G and B are equal comes back gray)")
     r.add_argument("--upscale", metavar="X", type=number(float, low=1, high=8), default=1.0,
                    help="upscale the whole image by this factor (1..8)")
     o = p.add_argument_group("extra outputs")
@@ -329,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, threshold=args.threshold, min_size=args.min_size, max_faces=args.max_faces,
         selection=args.select, order=args.order, prompt_mix=args.prompt_mix, bank_scale=args.bank_scale,
         visibility=args.visibility, color_correction=None if args.color_correction == "none" else args.color_correction,
-        mask_shape=args.mask_shape, feather=args.feather, upscale=args.upscale)
+        mask_shape=args.mask_shape, feather=args.feather, upscale=args.upscale, keep_gray=not args.colorize_gray)
     options.validate()
     parse_selection(args.select)
     device = resolve_device(args.device, what="--device")
