@@ -174,3 +174,17 @@ def test_speed_options_reach_the_pipeline(models_dir: Path, tmp_path: Path, monk
     assert seen["compile"] is True and seen["compiled"] is True and seen["model_tf32"] is True
     # on CPU the TF32 flags change nothing (and compiling is stubbed here)
     assert (tmp_path / "fast" / src.name).read_bytes() == (tmp_path / "plain" / src.name).read_bytes()
+
+
+def test_gray_photo_stays_gray_unless_colour_is_asked_for(models_dir: Path, tmp_path: Path) -> None:
+    rgb = np.asarray(Image.open(shared_path("faces", "whole", "cf_04.jpg")).convert("L"))
+    src = tmp_path / "bw.png"
+    Image.fromarray(np.dstack([rgb] * 3)).save(src)            # a black-and-white photo stored as RGB
+    base = ["restore", str(src), "--models", str(models_dir), "--detector", "mobile0.25", "-o"]
+    assert main(base + [str(tmp_path / "gray")]) == 0
+    out = np.asarray(Image.open(tmp_path / "gray" / "bw.png")).astype(int)
+    assert out.shape[-1] == 3 and (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    assert (out[..., 0] != rgb).any()                          # the face was restored
+    assert main(base + [str(tmp_path / "colour"), "--colorize-gray"]) == 0
+    colour = np.asarray(Image.open(tmp_path / "colour" / "bw.png")).astype(int)
+    assert (colour[..., 0] != colour[..., 2]).any()
