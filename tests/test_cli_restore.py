@@ -1,6 +1,7 @@
 """`vspbfr restore` end to end: tiny networks on every real photo, and one run at full size."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 import subprocess
@@ -151,10 +152,12 @@ def test_speed_options_reach_the_pipeline(models_dir: Path, tmp_path: Path, monk
     seen: dict[str, object] = {}
     init = VSPBFRPipeline.__init__
 
+    @functools.wraps(init)                                   # from_dir checks its keywords against the signature
     def spy(self: VSPBFRPipeline, *args: object, **kwargs: object) -> None:
         seen.update(kwargs)
         init(self, *args, **kwargs)
         seen["model_tf32"] = self.model.allow_tf32
+        seen["threads"] = torch.get_num_threads()
 
     monkeypatch.setattr(VSPBFRPipeline, "__init__", spy)
     # compiling itself is tested in test_core_model / test_pipeline; here only that the flag gets there
@@ -162,13 +165,14 @@ def test_speed_options_reach_the_pipeline(models_dir: Path, tmp_path: Path, monk
                         lambda self, enable=True, **o: seen.setdefault("compiled", enable))
     threads = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)
         assert main(["restore", str(src), "-o", str(tmp_path / "plain"), "--models", str(models_dir),
                      "--detector", "mobile0.25", "--threads", "1"]) == 0
-        assert torch.get_num_threads() == 1 and not seen["model_tf32"]
-        torch.set_num_threads(threads)
+        assert seen["threads"] == 1 and not seen["model_tf32"]
+        assert torch.get_num_threads() == 2                   # the caller's thread count comes back
         assert main(["restore", str(src), "-o", str(tmp_path / "fast"), "--models", str(models_dir),
                      "--detector", "mobile0.25", "--threads", "1", "--tf32", "--compile"]) == 0
-        assert torch.get_num_threads() == 1
+        assert seen["threads"] == 1
     finally:
         torch.set_num_threads(threads)
     assert seen["compile"] is True and seen["compiled"] is True and seen["model_tf32"] is True

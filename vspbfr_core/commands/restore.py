@@ -318,6 +318,18 @@ def _failure_text(exc: BaseException, src: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The command; ``--threads`` applies while it runs (a caller of :func:`vspbfr_core.cli.main` in the same process
+    gets its own thread count back)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from ..devices import resolve_device
