@@ -479,7 +479,7 @@ class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
         run = RunInfo(result.faces_found, options,
                       result.detections.to_json() if result.detections is not None else [])
         self.last_run = run
-        log.info("VSPBFR: restored %d face(s) (seed %d)", run.faces, run.seed)
+        log.info("VSPBFR: restored %d face(s) (seed %d, face detector %s)", run.faces, run.seed, options.detector)
         return out, run
 
     def _run(self, pipeline: Any, np_image: Any, options: ResolvedOptions, interruptible: bool) -> Any:
