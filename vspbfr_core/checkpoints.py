@@ -394,23 +394,30 @@ def _split_kernels_and_unused(sd: StateDict) -> tuple[StateDict, StateDict]:
     return kept, kernels
 
 
+def key_mismatch(found: StateDict, expected: dict[str, torch.Tensor]) -> str:
+    """What keeps ``found`` from loading into a network whose state dict is ``expected`` (missing and unexpected
+    keys, shape mismatches, the first few of each), or '' when keys and shapes fit."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shape_bad = [f"{k}: file {tuple(found[k].shape)} vs network {tuple(expected[k].shape)}"
+                 for k in expected if k in found and found[k].shape != expected[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (first: {missing[:5]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (first: {unexpected[:5]})")
+    if shape_bad:
+        parts.append(f"{len(shape_bad)} shape mismatches (first: {shape_bad[:3]})")
+    return "; ".join(parts)
+
+
 def _strict_load(net: nn.Module, sd: StateDict, kernels: StateDict, path: Path, kind: str, prefix: str = "") -> None:
     expected = net.state_dict()
     own = {prefix + k: v for k, v in expected.items()}
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shape_bad = [f"{k}: file {tuple(sd[k].shape)} vs network {tuple(own[k].shape)}"
-                 for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or shape_bad:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (first: {missing[:5]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (first: {unexpected[:5]})")
-        if shape_bad:
-            parts.append(f"{len(shape_bad)} shape mismatches (first: {shape_bad[:3]})")
-        raise CheckpointError(f"{shown(path)}: does not fit the {kind} network: " + "; ".join(parts)
-                              + ". The file is damaged, from another model, or needs a different configuration.")
+    problems = key_mismatch(sd, own)
+    if problems:
+        raise CheckpointError(f"{shown(path)}: does not fit the {kind} network: {problems}. The file is damaged, "
+                              "from another model, or needs a different configuration.")
     for key, value in kernels.items():
         if not key.startswith(prefix):
             continue

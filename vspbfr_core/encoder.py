@@ -97,6 +97,21 @@ class GradualStyleBlock(nn.Module):
         return self.linear(self.convs(x).reshape(-1, self.out_ch))
 
 
+def ir_se_trunk(in_channels: int, widths: tuple[int, ...], units: tuple[int, ...], se_reduction: int
+                ) -> tuple[nn.Sequential, nn.Sequential]:
+    """The IR-SE backbone shared by e4e and ArcFace: ``input_layer`` (3x3 conv, BatchNorm, PReLU) and ``body``
+    (per stage, one stride-2 :class:`BottleneckIRSE` then ``units[i] - 1`` stride-1 ones)."""
+    input_layer = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+                                nn.BatchNorm2d(widths[0]), nn.PReLU(widths[0]))
+    blocks: list[nn.Module] = []
+    in_ch = widths[0]
+    for depth, n in zip(widths, units):
+        blocks.append(BottleneckIRSE(in_ch, depth, 2, se_reduction))
+        blocks += [BottleneckIRSE(depth, depth, 1, se_reduction) for _ in range(n - 1)]
+        in_ch = depth
+    return input_layer, nn.Sequential(*blocks)
+
+
 class StyleEncoder(nn.Module):
     """Encoder4Editing: ``[B, 3, R, R]`` in [-1, 1] -> W+ ``[B, num_ws, w_dim]`` (``latent_avg`` added)."""
 
@@ -105,15 +120,7 @@ class StyleEncoder(nn.Module):
         config.validate()
         self.config = config
         w = config.widths
-        self.input_layer = nn.Sequential(nn.Conv2d(config.in_channels, w[0], 3, 1, 1, bias=False),
-                                         nn.BatchNorm2d(w[0]), nn.PReLU(w[0]))
-        units: list[nn.Module] = []
-        in_ch = w[0]
-        for depth, n in zip(w, config.units):
-            units.append(BottleneckIRSE(in_ch, depth, 2, config.se_reduction))
-            units += [BottleneckIRSE(depth, depth, 1, config.se_reduction) for _ in range(n - 1)]
-            in_ch = depth
-        self.body = nn.Sequential(*units)
+        self.input_layer, self.body = ir_se_trunk(config.in_channels, w, config.units, config.se_reduction)
         ends = [sum(config.units[: i + 1]) - 1 for i in range(4)]
         self._c1, self._c2, self._c3 = ends[1], ends[2], ends[3]
         r16 = config.input_resolution // 16

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import number
+from .options import add_detector_options, add_device_option, add_selection_options
 
-DETECTORS = {"auto": "auto", "resnet50": "retinaface_resnet50", "mobile0.25": "retinaface_mobile0.25"}
 JSON_FORMAT = "vspbfr-faces-v1"
 
 log = logging.getLogger(__name__)
@@ -43,36 +43,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or glob "
                                                              "patterns, as for `vspbfr restore`")
-    p.add_argument("--detector", default="auto", type=_detector_name,
-                   help="RetinaFace backbone: auto (the file that is there, resnet50 first), resnet50 or mobile0.25 "
-                        "(facexlib's retinaface_* names work too)")
-    p.add_argument("--detector-dir", metavar="DIR", default=None, help="folder with the detector file")
+    add_detector_options(p)
     p.add_argument("--models", metavar="DIR", default=None,
                    help="models folder searched after --detector-dir "
                         "(default: $VSPBFR_MODELS, else the per-user folder)")
-    p.add_argument("--device", default="auto",
-                   help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps or another PyTorch device")
+    add_device_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     s = p.add_argument_group("face selection (same meaning as in `vspbfr restore`)")
-    s.add_argument("--threshold", metavar="T", type=number(float, low=0, high=1, low_open=True), default=None,
-                   help="detector score threshold in (0, 1] (default 0.97)")
-    s.add_argument("--min-size", metavar="PX", type=number(float, low=0), default=0.0,
-                   help="ignore faces smaller than this (pixels, box short side)")
-    s.add_argument("--max-faces", metavar="N", type=number(int, low=0), default=0,
-                   help="at most this many faces per image, largest first (0: all)")
-    s.add_argument("--select", metavar="WHICH", default="all", help='"all", "largest", "center" or indices such as "0,2"')
-    s.add_argument("--order", choices=("left-right", "top-bottom", "area", "score"), default="left-right",
-                   help="how faces are numbered")
+    add_selection_options(s)
     s.add_argument("--detect-size", metavar="PX", type=number(int, low=0), default=640,
                    help="detection runs on a copy whose long side is at most this (0: full size)")
     p.set_defaults(func=run)
-
-
-def _detector_name(text: str) -> str:
-    name = DETECTORS.get(text, text)
-    if name not in DETECTORS.values():
-        raise argparse.ArgumentTypeError(f"unknown detector {text!r}: use {', '.join(DETECTORS)}")
-    return name
 
 
 def _error_text(exc: BaseException, path: Path) -> str:

@@ -48,8 +48,8 @@ from ..cli import number
 from ..errors import InputError, VSPBFRError
 from ..imagefile import fit_name
 from .inputs import _inside, collect_inputs
+from .options import add_detector_options, add_device_option, add_selection_options
 
-DETECTORS = {"auto": "auto", "resnet50": "retinaface_resnet50", "mobile0.25": "retinaface_mobile0.25"}
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("models and device")
     g.add_argument("--models", metavar="DIR", default=None,
                    help="models folder (default: $VSPBFR_MODELS, else the per-user folder; see `vspbfr info`)")
-    g.add_argument("--detector", choices=list(DETECTORS), default="auto",
-                   help="RetinaFace backbone; auto: the file that is there, resnet50 first, else mobile0.25")
-    g.add_argument("--detector-dir", metavar="DIR", default=None, help="folder with the detector file, if elsewhere")
-    g.add_argument("--device", default="auto",
-                   help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps or another PyTorch device")
+    add_detector_options(g)
+    add_device_option(g)
     g.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                    help="network precision (auto: float32; the W+ diffusion always runs in float32)")
     g.add_argument("--chunk-size", metavar="N", type=number(int, low=1), default=4,
@@ -84,17 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the networks (slow first batch, faster after: for folders and video frames)")
     g.add_argument("--aligned", action="store_true",
                    help="inputs are already aligned square face crops: skip detection and paste-back")
-    s = p.add_argument_group("face selection")
-    s.add_argument("--threshold", metavar="T", type=number(float, low=0, high=1, low_open=True), default=None,
-                   help="detector score threshold in (0, 1] (default 0.97)")
-    s.add_argument("--min-size", metavar="PX", type=number(float, low=0), default=0.0,
-                   help="ignore faces smaller than this (pixels, box short side)")
-    s.add_argument("--max-faces", metavar="N", type=number(int, low=0), default=0,
-                   help="at most this many faces per image, largest first (0: all)")
-    s.add_argument("--select", metavar="WHICH", default="all",
-                   help='"all", "largest", "center" or face indices such as "0,2" (see `vspbfr faces`)')
-    s.add_argument("--order", choices=("left-right", "top-bottom", "area", "score"), default="left-right",
-                   help="how faces are numbered for --select")
+    add_selection_options(p.add_argument_group("face selection"))
     r = p.add_argument_group("restoration")
     r.add_argument("--seed", metavar="N", type=number(int), default=0,
                    help="noise seed (any integer); the same seed gives byte-identical files on the same device, "

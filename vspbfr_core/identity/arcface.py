@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..encoder import BottleneckIRSE
+from ..encoder import ir_se_trunk
+from ..checkpoints import key_mismatch
 from ..errors import CheckpointError
 from ..face.align import estimate_similarity, face_template, normalized_to_pixel, pixel_to_normalized
 from ..weights_file import as_path, check_tensors, read_weights_file, shown
@@ -89,15 +90,7 @@ class ArcFaceIRSE(nn.Module):
         config.validate()
         self.config = config
         w = config.widths
-        self.input_layer = nn.Sequential(nn.Conv2d(config.in_channels, w[0], 3, 1, 1, bias=False),
-                                         nn.BatchNorm2d(w[0]), nn.PReLU(w[0]))
-        units: list[nn.Module] = []
-        in_ch = w[0]
-        for depth, n in zip(w, config.units):        # each stage starts with a stride-2 unit
-            units.append(BottleneckIRSE(in_ch, depth, 2, config.se_reduction))
-            units += [BottleneckIRSE(depth, depth, 1, config.se_reduction) for _ in range(n - 1)]
-            in_ch = depth
-        self.body = nn.Sequential(*units)
+        self.input_layer, self.body = ir_se_trunk(config.in_channels, w, config.units, config.se_reduction)
         side = config.input_resolution // 16
         self.output_layer = nn.Sequential(
             nn.BatchNorm2d(w[3]),
@@ -197,21 +190,11 @@ def load_arcface_state_dict(sd: StateDict, path: str | os.PathLike[str] = "<memo
     for k in counters:
         if k not in sd:       # unused at inference; absent from files saved before PyTorch 0.4.1
             sd[k] = torch.zeros((), dtype=torch.long)
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = [f"{k}: file {tuple(sd[k].shape)} vs network {tuple(v.shape)}" for k, v in expected.items()
-              if k in sd and sd[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (first: {missing[:5]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (first: {unexpected[:5]})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (first: {shapes[:3]})")
-        raise CheckpointError(f"{shown(path)}: does not fit the IR-SE ArcFace network: " + "; ".join(parts)
-                              + ". The file is damaged or another model's (the 'ir' variant without squeeze-"
-                              "excitation is not supported).")
+    problems = key_mismatch(sd, expected)
+    if problems:
+        raise CheckpointError(f"{shown(path)}: does not fit the IR-SE ArcFace network: {problems}. The file is "
+                              "damaged or another model's (the 'ir' variant without squeeze-excitation is not "
+                              "supported).")
     net.load_state_dict(check_tensors(sd, expected, path, "ArcFace identity"), strict=True, assign=True)
     left = [k for k, t in list(net.named_parameters()) + list(net.named_buffers()) if t.is_meta]
     if left:
