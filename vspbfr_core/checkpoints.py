@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .encoder import StyleEncoder, StyleEncoderConfig
+from .encoder import StyleEncoder, StyleEncoderConfig, stage_layout
 from .errors import CheckpointError, OutputError
 from .restorer import RestorationConfig, RestorationNet
 from .stylegan2 import StyleGAN2Config, StyleGAN2Synthesis
@@ -177,14 +177,7 @@ def infer_encoder_config(sd: StateDict, path: Path, base: StyleEncoderConfig | N
     first = _shape(sd, "encoder.input_layer.0.weight", path, k)
     n_units = _count(sd, r"encoder\.body\.(\d+)\.res_layer\.1\.weight")
     depths = [sd[f"encoder.body.{u}.res_layer.1.weight"].shape[0] for u in range(n_units)]
-    widths: list[int] = []
-    units: list[int] = []
-    for d in depths:
-        if widths and widths[-1] == d:
-            units[-1] += 1
-        else:
-            widths.append(d)
-            units.append(1)
+    widths, units = stage_layout(depths)
     if len(widths) != 4:
         raise CheckpointError(f"{shown(path)}: cannot infer the IR-SE stages from unit widths {depths}")
     fc1 = _shape(sd, "encoder.body.0.res_layer.5.fc1.weight", path, k)

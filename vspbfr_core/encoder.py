@@ -97,6 +97,19 @@ class GradualStyleBlock(nn.Module):
         return self.linear(self.convs(x).reshape(-1, self.out_ch))
 
 
+def stage_layout(depths: list[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per-unit output widths of an IR-SE body (as read from a file) -> (width, unit count) of each stage."""
+    widths: list[int] = []
+    units: list[int] = []
+    for d in depths:
+        if widths and widths[-1] == d:
+            units[-1] += 1
+        else:
+            widths.append(int(d))
+            units.append(1)
+    return tuple(widths), tuple(units)
+
+
 def ir_se_trunk(in_channels: int, widths: tuple[int, ...], units: tuple[int, ...], se_reduction: int
                 ) -> tuple[nn.Sequential, nn.Sequential]:
     """The IR-SE backbone shared by e4e and ArcFace: ``input_layer`` (3x3 conv, BatchNorm, PReLU) and ``body``

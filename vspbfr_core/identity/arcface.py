@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..encoder import ir_se_trunk
+from ..encoder import ir_se_trunk, stage_layout
 from ..checkpoints import key_mismatch
 from ..errors import CheckpointError
 from ..face.align import estimate_similarity, face_template, normalized_to_pixel, pixel_to_normalized
@@ -149,14 +149,7 @@ def infer_arcface_config(sd: StateDict, path: str | os.PathLike[str] = "<memory>
     if count == 0:
         _need(sd, "body.0.res_layer.1.weight", path, 4)
     depths = [_need(sd, f"body.{i}.res_layer.1.weight", path, 4)[0] for i in range(count)]
-    widths: list[int] = []
-    units: list[int] = []
-    for d in depths:
-        if widths and widths[-1] == d:
-            units[-1] += 1
-        else:
-            widths.append(int(d))
-            units.append(1)
+    widths, units = stage_layout(depths)
     if len(widths) != 4:
         raise CheckpointError(f"{shown(path)}: the ArcFace body has {len(widths)} stages of widths {widths}; the "
                               "IR-SE layouts have four")
