@@ -63,6 +63,7 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 GRAY_TOLERANCE = 2.0 / 255.0      # a crop whose channels differ by at most this everywhere is a gray face
 MODEL_KINDS = ("style_encoder_decoder", "code_diffuser", "restoration_net")
 PROGRESS_PER_FACE = 4             # progress units per face: encode, diffuse, feature bank, restore
+MAX_CANDIDATES = 64               # best-of-N: at most this many candidates per face
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,12 @@ class RestoreOptions:
     # gray inputs: a face whose crop has equal R, G, B (within GRAY_TOLERANCE) is restored in gray (BT.601 luma
     # of the network's colour output); False: keep the colours the network gives it
     keep_gray: bool = True
+    # identity (vspbfr_core.identity.select; they need an identity embedder, and the last three a reference)
+    candidates: int = 1                        # best-of-N: restore each face N times, keep the most similar one
+    only_matching: bool = False                # restore only the faces that match the reference
+    match_threshold: float | None = None       # identity needed to match (None: the embedder's default)
+    reference_mix: float = 0.0                 # move the style prompt this far toward the reference's W+ (0: off)
+    reference_layers: str = "middle"           # the W+ layers the reference mix moves (see identity.select)
 
     def validate(self) -> None:
         """Check the type and range of every field; all problems are reported in one InputError.
@@ -97,8 +104,11 @@ class RestoreOptions:
         ints and floats but not bool, NaN or inf; enumerations are strings from the listed values.  Ranges:
         threshold in (0, 1] (or None), min_size >= 0, max_faces >= 0, detect_size >= 0 (0: full size),
         prompt_mix and visibility in [0, 1], bank_scale in [0, 4], upscale in [1, 8], feather in [0, 230] (or
-        None); selection as :func:`vspbfr_core.face.detect.parse_selection` reads it.
+        None); selection as :func:`vspbfr_core.face.detect.parse_selection` reads it; candidates in [1, 64],
+        match_threshold in [-1, 1] (or None), reference_mix in [0, 1], reference_layers as
+        :func:`vspbfr_core.identity.select.parse_layers` reads it.
         """
+        from .identity.select import parse_layers
         from .face.detect import ORDERS, parse_selection
         from .face.paste import FEATHER_MAX
 
@@ -125,6 +135,12 @@ class RestoreOptions:
             lambda: self.feather is None or check_float(self.feather, "feather", minimum=0.0, maximum=FEATHER_MAX),
             lambda: check_float(self.upscale, "upscale", minimum=1.0, maximum=8.0),
             lambda: check_bool(self.keep_gray, "keep_gray"),
+            lambda: check_int(self.candidates, "candidates", minimum=1, maximum=MAX_CANDIDATES),
+            lambda: check_bool(self.only_matching, "only_matching"),
+            lambda: self.match_threshold is None or check_float(self.match_threshold, "match_threshold",
+                                                                minimum=-1.0, maximum=1.0),
+            lambda: check_float(self.reference_mix, "reference_mix", minimum=0.0, maximum=1.0),
+            lambda: parse_layers(self.reference_layers),
         ]
         problems = []
         for check in checks:
@@ -203,6 +219,8 @@ class RestoreResult:
     style: StylePrompts | None = None
     seed: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
+    # per face, with an identity embedder: scores, candidates, chosen, restored (vspbfr_core.identity.FaceIdentity)
+    identity: list[Any] | None = None
 
     @property
     def faces_found(self) -> int:
@@ -421,10 +439,12 @@ class VSPBFRPipeline:
             x = F.interpolate(x, size=(r, r), mode="bicubic", antialias=True, align_corners=False)
         return (x * 2.0 - 1.0).clamp(-1.0, 1.0)
 
-    def noise_for(self, face_keys: Sequence[int], seed: int) -> RestoreNoise:
-        """Noise for faces whose generator index is ``face_keys[i]`` (their index within their image)."""
+    def noise_for(self, face_keys: Sequence[int], seed: int, candidate: int = 0) -> RestoreNoise:
+        """Noise for faces whose generator index is ``face_keys[i]`` (their index within their image);
+        ``candidate`` ``c`` gives best-of-N candidate ``c`` (0: the noise of a restoration without candidates)."""
         seed = check_int(seed, "seed")
-        return self.model.draw_noise_per_face([make_generator(seed, k) for k in _face_keys(face_keys)])
+        candidate = check_int(candidate, "candidate", minimum=0)
+        return self.model.draw_noise_per_face([make_generator(seed, k, candidate) for k in _face_keys(face_keys)])
 
     def _check_noise(self, noise: Any, count: int, where: str) -> RestoreNoise:
         if not isinstance(noise, RestoreNoise):
@@ -521,6 +541,12 @@ class VSPBFRPipeline:
             style = StylePrompts(ws, prompts)
         else:
             progress.step("style", 2 * n)
+        return self._render(crops, style, noise, o, progress), style
+
+    def _render(self, crops: torch.Tensor, style: StylePrompts, noise: RestoreNoise, o: RestoreOptions,
+                progress: Progress) -> torch.Tensor:
+        """Feature bank + restoration of checked crops with their prompts and noise -> restored crops in [0, 1]
+        (gray faces made gray again under ``keep_gray``); package-internal, also used by identity.select."""
         # (the chunks below step "feature bank" and "restore" once per face on CPU, per chunk elsewhere)
         self._use("stylegan", "restoration_net")
         noise = noise.to(self.device, self.dtype)
@@ -534,10 +560,10 @@ class VSPBFRPipeline:
                                      on_group=lambda k: progress.step("restore", k))
             return ((out.float() + 1.0) * 0.5).clamp(0.0, 1.0)
 
-        restored = self._chunked(run, n)
+        restored = self._chunked(run, crops.shape[0])
         if o.keep_gray:
             restored = gray_like_input(restored, crops)
-        return restored, style
+        return restored
 
     def _chunked(self, fn: Callable[[int, int], torch.Tensor], n: int) -> torch.Tensor:
         """Run ``fn(start, stop)`` over chunks of faces, halving the chunk on out-of-memory."""
@@ -596,14 +622,30 @@ class VSPBFRPipeline:
 
     # -- the whole job -----------------------------------------------------------------------------
 
+    def make_reference(self, images: Any, embedder: Any, *, aligned: bool = False,
+                       names: Sequence[str] | None = None) -> Any:
+        """An identity reference from photos of one person: see :func:`vspbfr_core.identity.select.make_reference`."""
+        from .identity.select import make_reference
+
+        return make_reference(self, images, embedder, aligned=aligned, names=names)
+
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, options: RestoreOptions | None = None, *,
-                 callback: ProgressCallback | None = None, **overrides: Any) -> RestoreResult:
-        """Restore every selected face of an IMAGE batch ``[B, H, W, C]`` in [0, 1] (C = 1, 3 or 4)."""
+                 callback: ProgressCallback | None = None, embedder: Any = None, reference: Any = None,
+                 **overrides: Any) -> RestoreResult:
+        """Restore every selected face of an IMAGE batch ``[B, H, W, C]`` in [0, 1] (C = 1, 3 or 4).
+
+        ``embedder`` (:func:`vspbfr_core.identity.load_embedder`) turns on the identity features: the scores in
+        ``result.identity``, best-of-N (``candidates``), and with ``reference`` (:meth:`make_reference`)
+        ``only_matching`` and ``reference_mix`` (see :mod:`vspbfr_core.identity.select`).  Without them the
+        restoration is the plain one, byte for byte.
+        """
+        from .identity.select import check_identity_request
         from .image import from_host
 
         o = resolve_options(options, overrides, "VSPBFRPipeline")
         _check_callback(callback, "VSPBFRPipeline")
+        check_identity_request(o, embedder, reference, "VSPBFRPipeline")
         with memory.guard("restoring the image batch", self.device, MEMORY_ADVICE):
             rgb, layout = from_host(images)
             batch, _, height, width = rgb.shape
@@ -611,17 +653,20 @@ class VSPBFRPipeline:
             self._ensure_memory(batch, layout.channels, out_h, out_w,
                                 f"restoring {batch} image(s) of {width}x{height} at upscale {o.upscale:g} "
                                 f"({out_w}x{out_h})", (height, width))
-            return self._restore(images, rgb, layout, o, callback)
+            return self._restore(images, rgb, layout, o, callback, embedder, reference)
 
     def _restore(self, images: torch.Tensor, rgb: torch.Tensor, layout: Any, o: RestoreOptions,
-                 callback: ProgressCallback | None) -> RestoreResult:
+                 callback: ProgressCallback | None, embedder: Any = None, reference: Any = None) -> RestoreResult:
+        from .identity import select
         from .image import to_host
 
         rgb = rgb.to(self.device, torch.float32)
         # 1. detect
         dets = self.detect(images, o)
         n = len(dets)
-        progress = Progress(PROGRESS_PER_FACE * n + 2, callback)
+        scoring = select.needs_identity(o, embedder, reference)
+        units = select.progress_units(o, True) if scoring else PROGRESS_PER_FACE
+        progress = Progress(units * n + 2, callback)
         progress.step("detect")
         if n == 0:
             log.warning("no face selected in %d image(s); returning them unchanged%s", images.shape[0],
@@ -634,31 +679,46 @@ class VSPBFRPipeline:
             r = self.model.resolution
             progress.step("paste")
             return RestoreResult(to_host(out, layout).cpu(), torch.zeros(images.shape[0], h, w), dets,
-                                 torch.zeros(0, 3, r, r), torch.zeros(0, 3, r, r), None, o.seed)
+                                 torch.zeros(0, 3, r, r), torch.zeros(0, 3, r, r), None, o.seed,
+                                 identity=[] if scoring else None)
         # 2. align
         aligned = self.align(rgb, dets)
         # 3-6. encode, diffuse, feature bank, restore (face key = index of the face within its image)
         keys = dets.order_index.tolist()
-        restored, style = self.restore_faces(aligned.crops, options=o, face_keys=keys, progress=progress)
-        # 7. paste
-        out, masks = self.paste(rgb, restored, aligned, o)
+        faces = None
+        if scoring:
+            found = select.restore_with_identity(self, aligned.crops, keys, o, embedder, reference, progress)
+            restored, style, faces = found.restored, found.style, found.faces
+        else:
+            restored, style = self.restore_faces(aligned.crops, options=o, face_keys=keys, progress=progress)
+        # 7. paste (faces that were not restored, under only_matching, are left as they are)
+        pasted, pasted_faces = restored, aligned
+        if faces is not None and not all(f.restored for f in faces):
+            keep = torch.tensor([f.restored for f in faces], dtype=torch.bool)
+            pasted, pasted_faces = restored[keep.to(restored.device)], _subset(aligned, keep)
+        out, masks = self.paste(rgb, pasted, pasted_faces, o)
         progress.step("paste")
         return RestoreResult(to_host(out, layout).cpu(), masks.float().cpu(), dets.to("cpu"), aligned.crops.float().cpu(),
-                             restored.cpu(), style, o.seed)
+                             restored.cpu(), style, o.seed, identity=faces)
 
     @torch.inference_mode()
     def restore_aligned(self, faces: torch.Tensor, options: RestoreOptions | None = None, *,
-                        callback: ProgressCallback | None = None, **overrides: Any) -> RestoreResult:
+                        callback: ProgressCallback | None = None, embedder: Any = None, reference: Any = None,
+                        **overrides: Any) -> RestoreResult:
         """Already-aligned faces (IMAGE ``[F, H, W, C]``, square) -> restored faces at ``upscale`` times that size.
 
         The restored face (at the model's resolution) is resampled to ``round(side * upscale)`` pixels
         (bicubic); ``visibility`` blends it with the input face resized the same way.  The paste-back options
-        (mask, feather, colour correction) do not apply to aligned faces.
+        (mask, feather, colour correction) do not apply to aligned faces.  ``embedder`` and ``reference`` as in
+        :meth:`__call__` (face ``i`` is seeded with key ``i``); a face left alone by ``only_matching`` comes back
+        as its input, resized the same way.
         """
+        from .identity import select
         from .image import from_host, to_host
 
         o = resolve_options(options, overrides, "restore_aligned")
         _check_callback(callback, "restore_aligned")
+        select.check_identity_request(o, embedder, reference, "restore_aligned")
         rgb, layout = from_host(faces, "restore_aligned: faces")
         if rgb.shape[-1] != rgb.shape[-2]:
             raise InputError(f"aligned faces must be square, got {rgb.shape[-2]}x{rgb.shape[-1]}")
@@ -668,7 +728,14 @@ class VSPBFRPipeline:
                             f"restoring {count} aligned face(s) of {side}x{side} at upscale {o.upscale:g} "
                             f"({out_side}x{out_side})")
         with memory.guard("restoring the aligned faces", self.device, MEMORY_ADVICE):
-            restored, style = self.restore_faces(rgb, options=o, callback=callback)
+            identities = None
+            if select.needs_identity(o, embedder, reference):
+                _check_crops(rgb, "restore_aligned")
+                progress = Progress(select.progress_units(o, True) * count, callback)
+                found = select.restore_with_identity(self, rgb, list(range(count)), o, embedder, reference, progress)
+                restored, style, identities = found.restored, found.style, found.faces
+            else:
+                restored, style = self.restore_faces(rgb, options=o, callback=callback)
             out = restored.to(rgb.device)
             target = (out_side, out_side)
             if out.shape[-2:] != target:
@@ -679,9 +746,23 @@ class VSPBFRPipeline:
                     base = F.interpolate(base, size=target, mode="bicubic", antialias=out_side < side,
                                          align_corners=False).clamp(0, 1)
                 out = torch.lerp(base, out.float(), o.visibility)
+            if identities is not None and not all(f.restored for f in identities):
+                left = torch.tensor([not f.restored for f in identities], dtype=torch.bool).to(out.device)
+                base = rgb.to(out.dtype)
+                if base.shape[-2:] != target:
+                    base = F.interpolate(rgb.float(), size=target, mode="bicubic", antialias=out_side < side,
+                                         align_corners=False).clamp(0, 1).to(out.dtype)
+                out[left] = base[left]
             h, w = out.shape[-2:]
             return RestoreResult(to_host(out.to(rgb.dtype), layout).cpu(), torch.ones(rgb.shape[0], h, w), None,
-                                 rgb.cpu(), restored.cpu(), style, o.seed)
+                                 rgb.cpu(), restored.cpu(), style, o.seed, identity=identities)
+
+
+def _subset(aligned: Any, keep: torch.Tensor) -> Any:
+    """The faces of :class:`~vspbfr_core.face.AlignedFaces` selected by the bool mask ``keep`` [F]."""
+    k = keep.to(aligned.image_index.device)
+    return replace(aligned, crops=aligned.crops[k.to(aligned.crops.device)], affine=aligned.affine[k.to(aligned.affine.device)],
+                   inverse=aligned.inverse[k.to(aligned.inverse.device)], image_index=aligned.image_index[k])
 
 
 def load_pipeline(models_dir: str | os.PathLike[str] | None = None, *, device: str | torch.device = "cpu",

@@ -13,15 +13,23 @@ import torch
 __all__ = ["make_generator", "randn", "rand_scalar", "randint_scalar"]
 
 
-def make_generator(seed: int, index: int | None = None) -> torch.Generator:
-    """A CPU generator seeded from ``seed`` (and, per face, ``index``).
+def make_generator(seed: int, index: int | None = None, candidate: int = 0) -> torch.Generator:
+    """A CPU generator seeded from ``seed`` (and, per face, ``index``; per best-of-N candidate, ``candidate``).
 
     With ``index`` the seed is hashed with the index, so face ``i`` gets the same noise whatever
-    batch it is processed in.
+    batch it is processed in.  ``candidate`` ``c > 0`` adds a third key component, so the candidates of a face
+    are independent draws that depend only on (seed, index, c); candidate 0 is the face's one draw of a
+    restoration without candidates.
     """
     seed = int(seed)
+    candidate = int(candidate)
+    if candidate < 0:
+        raise ValueError(f"candidate must be >= 0, got {candidate}")
+    if candidate and index is None:
+        raise ValueError("a candidate index needs a face index")
     if index is not None:
-        digest = hashlib.sha256(f"vspbfr:{seed}:{int(index)}".encode()).digest()
+        key = f"vspbfr:{seed}:{int(index)}" + (f":candidate:{candidate}" if candidate else "")
+        digest = hashlib.sha256(key.encode()).digest()
         seed = int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
     else:
         seed &= 0xFFFF_FFFF_FFFF_FFFF

@@ -12,6 +12,10 @@ their vectors::
   (``vspbfr download --only identity``), 512-D;
 * ``dlib`` (:mod:`.dlib`): dlib's 128-D face descriptor, weights from the ``face_recognition_models`` package.
 
+Restoration with identity (:mod:`.select`): ``pipeline(images, embedder=e, reference=pipeline.make_reference(photos, e),
+candidates=4)`` restores each face 4 times and keeps the candidate most like the reference; ``only_matching``
+restores only that person; the scores are in ``result.identity``.
+
 Importing this package imports neither torch nor dlib; the submodules load on first use of a name. Restoration
 never needs any of it.
 """
@@ -27,6 +31,8 @@ _EXPORTS = {
     "ArcFaceEmbedder": ".arcface", "ArcFaceIRSE": ".arcface", "ArcFaceConfig": ".arcface",
     "ARCFACE_TEMPLATE_112": ".arcface", "load_arcface": ".arcface",
     "DlibEmbedder": ".dlib",
+    "IdentityReference": ".select", "FaceIdentity": ".select", "make_reference": ".select",
+    "face_report": ".select", "identity_summary": ".select", "parse_layers": ".select",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -266,6 +266,10 @@ class ArcFaceEmbedder(FaceEmbedder):
     """The ``arcface`` embedder: :class:`ArcFaceIRSE` on FFHQ-aligned crops -> 512-D unit vectors (float32)."""
 
     name = "arcface"
+    # not measured here (no real ArcFace weights on our machines): the cosine above which IR-SE-50 ArcFace pairs are
+    # usually the same person in published verification results (different people centre near 0, the same person
+    # 0.4-0.8); a low-quality face lowers it, so the default leans towards accepting
+    match_threshold = 0.3
 
     def __init__(self, net: ArcFaceIRSE, device: torch.device | str = "cpu", batch_size: int = 16):
         super().__init__(device)

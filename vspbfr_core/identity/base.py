@@ -83,6 +83,9 @@ class FaceEmbedder(abc.ABC):
     name: str = ""                # registry name ("arcface", "dlib")
     dim: int = 0                  # vector length
     min_crop_size: int = 16       # smallest crop side embed_crops accepts
+    # identity at or above which two faces count as the same person (--only-matching's default threshold); each
+    # embedder sets its own, the README's "Identity" section says how it was chosen
+    match_threshold: float = 0.5
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
