@@ -687,7 +687,10 @@ class VSPBFRPipeline:
         keys = dets.order_index.tolist()
         faces = None
         if scoring:
-            found = select.restore_with_identity(self, aligned.crops, keys, o, embedder, reference, progress)
+            inputs = None
+            if aligned.crops.shape[-1] < select.ALIGN_SIZE:     # a small model: embed the faces aligned at 512
+                inputs = embedder.embed_faces(rgb, dets.landmarks, dets.image_index)
+            found = select.restore_with_identity(self, aligned.crops, keys, o, embedder, reference, progress, inputs)
             restored, style, faces = found.restored, found.style, found.faces
         else:
             restored, style = self.restore_faces(aligned.crops, options=o, face_keys=keys, progress=progress)

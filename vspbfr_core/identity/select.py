@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ..checks import describe_value
 from ..errors import InputError
-from .base import FaceEmbedder, identity, mean_embedding
+from .base import ALIGN_SIZE, FaceEmbedder, identity, mean_embedding
 
 if TYPE_CHECKING:      # the pipeline imports this module, never the reverse at import time
     from ..pipeline import RestoreOptions, StylePrompts, VSPBFRPipeline
@@ -101,7 +101,7 @@ class IdentityReference:
     embedding: torch.Tensor           # [D] float32 unit vector: the normalised mean of the references' embeddings
     embedder: str                     # the embedder's name; scores against it need the same embedder
     ws: torch.Tensor                  # [num_ws, w_dim] float32: the mean of the references' encoder W+ codes
-    crops: torch.Tensor               # [K, 3, R, R] in [0, 1]: each reference's aligned face
+    crops: torch.Tensor               # [K, 3, S, S] in [0, 1]: each reference's aligned face (S >= 512)
     boxes: tuple[tuple[float, float, float, float], ...] = ()   # each reference's face box in its photo (x1, y1, x2, y2)
 
     def __len__(self) -> int:
@@ -216,6 +216,7 @@ def make_reference(pipeline: VSPBFRPipeline, images: Any, embedder: FaceEmbedder
     aligns a face to restore; ``aligned=True`` takes each photo as an already aligned square crop.  A photo without
     a face is an InputError naming it (``names[i]``, else its position).
     """
+    from ..face import align_faces
     from ..image import from_host
     from ..pipeline import RestoreOptions, VSPBFRPipeline
 
@@ -248,7 +249,9 @@ def make_reference(pipeline: VSPBFRPipeline, images: Any, embedder: FaceEmbedder
         if len(dets) == 0:
             raise InputError(f"reference image {label}: no face found; use a photo where the person's face is "
                              "clearly visible (or lower the detection threshold of the main run)")
-        crops.append(pipeline.align(rgb.to(pipeline.device, torch.float32), dets).crops.float().cpu())
+        # aligned at the embedders' size (the model's own size may be smaller; the encoder resizes)
+        crops.append(align_faces(rgb.to(pipeline.device, torch.float32), dets.to(pipeline.device),
+                                 size=max(ALIGN_SIZE, r)).crops.float().cpu())
         boxes.append(tuple(round(float(v), 2) for v in dets.boxes[0].tolist()))
     all_crops = torch.cat(crops)
     ws = pipeline.encode(all_crops).float().mean(dim=0).cpu()
@@ -269,18 +272,30 @@ def mix_reference(prompts: torch.Tensor, reference_ws: torch.Tensor, layers: tup
 # -- restoration -----------------------------------------------------------------------------------------------
 
 def _resized(crops: torch.Tensor, size: int) -> torch.Tensor:
-    """Input crops at the model's resolution in [0, 1] (what a face that is not restored holds)."""
-    x = crops.float()
+    """Input crops at the model's resolution in [0, 1] (what a face that is not restored holds): a new tensor,
+    never the caller's crops (restored faces are written into it)."""
+    x = crops.to(torch.float32, copy=True)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
     return x
 
 
+def embed_restored(embedder: FaceEmbedder, crops: torch.Tensor) -> torch.Tensor:
+    """Embeddings of restored crops; crops smaller than the embedder takes (a model with a small output) are
+    enlarged to its minimum first."""
+    if crops.shape[-1] < embedder.min_crop_size:
+        size = embedder.min_crop_size
+        crops = F.interpolate(crops.float(), size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+    return embedder.embed_crops(crops)
+
+
 def restore_with_identity(pipeline: VSPBFRPipeline, crops: torch.Tensor, keys: list[int], options: RestoreOptions,
                           embedder: FaceEmbedder | None, reference: IdentityReference | None,
-                          progress: Progress) -> IdentityRestore:
+                          progress: Progress, input_embeddings: torch.Tensor | None = None) -> IdentityRestore:
     """Restore aligned crops ``[F, 3, S, S]`` in [0, 1] with best-of-N, only-matching and the reference mix (see
-    the module docstring).  ``progress`` advances :func:`progress_units` per face."""
+    the module docstring).  ``progress`` advances :func:`progress_units` per face.  ``input_embeddings`` ``[F, D]``:
+    the input faces' embeddings when the caller has better ones than the crops give (the pipeline embeds faces
+    aligned at 512 from the image when the model's crops are smaller); default: embed ``crops``."""
     from ..pipeline import StylePrompts
 
     o = options
@@ -290,7 +305,7 @@ def restore_with_identity(pipeline: VSPBFRPipeline, crops: torch.Tensor, keys: l
     per_face = progress_units(o, True)
     layers = parse_layers(o.reference_layers, pipeline.model.style_encoder.config.num_ws) if o.reference_mix > 0 \
         else ()
-    input_emb = embedder.embed_crops(crops)
+    input_emb = input_embeddings if input_embeddings is not None else embed_restored(embedder, crops)
     progress.step("identity", n)
     ref_emb = reference.embedding if reference is not None else None
     input_ref = identity(input_emb, ref_emb).cpu() if ref_emb is not None else None
@@ -330,7 +345,7 @@ def restore_with_identity(pipeline: VSPBFRPipeline, crops: torch.Tensor, keys: l
                 assert reference is not None
                 prompts = mix_reference(prompts, reference.ws, layers, o.reference_mix)
             out = pipeline._render(sub, StylePrompts(ws, prompts), noise, o, progress)
-            emb = embedder.embed_crops(out)
+            emb = embed_restored(embedder, out)
             progress.step("identity", len(sel))
             s_target = identity(emb, target).cpu()
             s_input = identity(emb, input_emb[idx.to(input_emb.device)]).cpu()
