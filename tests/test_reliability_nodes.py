@@ -182,7 +182,7 @@ NODE_ERRORS = [
     ("detect-face-size-small", lambda e: detect(e, face_size=4), "InputError", r"face_size must lie in \[8, 4096\]"),
     ("detect-face-size-str", lambda e: detect(e, face_size="512"), "InputError", r"face_size: expected an int"),
     ("detect-detector-name", lambda e: detect(e, facedetection="retinaface_vgg"), "InputError",
-     r"facedetection: expected one of 'retinaface_resnet50', 'retinaface_mobile0.25'"),
+     r"facedetection: expected one of 'auto', 'retinaface_resnet50', 'retinaface_mobile0.25'"),
     ("detect-image-nan", lambda e: detect(e, image=with_value(e.image, NAN)), "InputError",
      r"image: contains 1 NaN or infinite value"),
     ("detect-image-inf", lambda e: detect(e, image=with_value(e.image, INF)), "InputError", r"NaN or infinite"),
