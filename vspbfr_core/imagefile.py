@@ -42,9 +42,10 @@ import re
 import struct
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .errors import InputError
 
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_PIXELS", "READ_FORMATS", "WRITE_FORMATS", "EXTENSION_FORMATS", "LoadedImage", "read_image",
-    "output_format", "write_image", "fit_name",
+    "output_format", "write_image", "fit_name", "write_bytes_atomic",
 ]
 
 MAX_PIXELS = 100_000_000                      # width * height above this is refused before decoding
@@ -289,12 +290,22 @@ def _file_mode() -> int:
 
 def save_atomic(im: Any, path: Path, fmt: str, **options: Any) -> None:
     """Pillow image -> ``path`` through an exclusively created temporary file in the same folder."""
+    _write_atomic(path, lambda f: im.save(f, format=fmt, **options))
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> None:
+    """``data`` -> ``path`` the way images are written (see the module): an exclusive temporary file in the same
+    folder, renamed onto ``path``; used for the JSON report of ``vspbfr restore``."""
+    _write_atomic(Path(path), lambda f: f.write(data))
+
+
+def _write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".vspbfr-", suffix=".part", dir=path.parent)
     done = False
     try:
         with os.fdopen(fd, "wb") as f:
-            im.save(f, format=fmt, **options)
+            write(f)
             if hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), _file_mode())
         os.replace(tmp, path)

@@ -623,11 +623,11 @@ class VSPBFRPipeline:
     # -- the whole job -----------------------------------------------------------------------------
 
     def make_reference(self, images: Any, embedder: Any, *, aligned: bool = False,
-                       names: Sequence[str] | None = None) -> Any:
+                       names: Sequence[str] | None = None, threshold: float | None = None) -> Any:
         """An identity reference from photos of one person: see :func:`vspbfr_core.identity.select.make_reference`."""
         from .identity.select import make_reference
 
-        return make_reference(self, images, embedder, aligned=aligned, names=names)
+        return make_reference(self, images, embedder, aligned=aligned, names=names, threshold=threshold)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, options: RestoreOptions | None = None, *,

@@ -32,6 +32,10 @@ Output folder (``-o``) and output names:
 
 A file that fails is reported on one line (``SRC: FAILED: reason``; ``-v`` adds the traceback) and the others go
 on; the exit status is 1 when any file failed.
+
+Identity (``--candidates``, ``--identity``, ``--reference``, ``--only-matching``, ``--match-threshold``,
+``--reference-mix``, ``--reference-layers``) and the JSON report (``--report``): see
+:mod:`vspbfr_core.commands.restore_identity`.  Without them nothing of it loads or runs.
 """
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ from ..errors import InputError, VSPBFRError
 from ..imagefile import fit_name
 from .inputs import _inside, collect_inputs
 from .options import add_detector_options, add_device_option, add_selection_options
+from .restore_identity import add_identity_options, add_report_option
 
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 
@@ -103,33 +108,36 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "R, G and B are equal comes back gray)")
     r.add_argument("--upscale", metavar="X", type=number(float, low=1, high=8), default=1.0,
                    help="upscale the whole image by this factor (1..8)")
+    add_identity_options(p.add_argument_group("identity (see the README, Identity)"))
     o = p.add_argument_group("extra outputs")
     o.add_argument("--save-faces", action="store_true", help="also write the aligned crops before/after to OUT_DIR/faces")
     o.add_argument("--compare", action="store_true", help="also write a side-by-side image to OUT_DIR/compare")
+    add_report_option(o)
     p.set_defaults(func=run)
 
 
 # -- outputs -----------------------------------------------------------------------------------------------------
 
-def check_out_dir(text: str) -> Path:
-    """``-o`` as a folder that exists or can be created (nothing is created here)."""
+def check_out_dir(text: str, flag: str = "-o") -> Path:
+    """``-o`` (or the folder of another output, ``flag``) as a folder that exists or can be created (nothing is
+    created here)."""
     if not text or not text.strip():
         raise InputError("-o/--out: the output folder name is empty")
     out = Path(text)
     if os.path.lexists(out) and not out.exists():
-        raise InputError(f"-o {text}: a broken symbolic link")
+        raise InputError(f"{flag} {text}: a broken symbolic link")
     if out.exists():
         if not out.is_dir():
-            raise InputError(f"-o {text}: exists and is not a folder")
+            raise InputError(f"{flag} {text}: exists and is not a folder")
         existing = out
     else:
         existing = Path(os.path.abspath(out)).parent
         while not existing.exists():
             existing = existing.parent
         if not existing.is_dir():
-            raise InputError(f"-o {text}: cannot create the folder: {existing} is not a folder")
+            raise InputError(f"{flag} {text}: cannot create the folder: {existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"-o {text}: cannot write in {existing} (permission denied)")
+        raise InputError(f"{flag} {text}: cannot write in {existing} (permission denied)")
     return out
 
 
@@ -324,6 +332,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..imagefile import output_format, read_image
     from ..paths import choose_detector, resolve_models_dir
     from ..pipeline import RestoreOptions, VSPBFRPipeline
+    from . import restore_identity as ident
 
     # everything that can be checked is checked before any model is loaded
     out_dir = check_out_dir(args.out)
@@ -331,12 +340,18 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed, threshold=args.threshold, min_size=args.min_size, max_faces=args.max_faces,
         selection=args.select, order=args.order, prompt_mix=args.prompt_mix, bank_scale=args.bank_scale,
         visibility=args.visibility, color_correction=None if args.color_correction == "none" else args.color_correction,
-        mask_shape=args.mask_shape, feather=args.feather, upscale=args.upscale, keep_gray=not args.colorize_gray)
+        mask_shape=args.mask_shape, feather=args.feather, upscale=args.upscale, keep_gray=not args.colorize_gray,
+        candidates=args.candidates, only_matching=args.only_matching, match_threshold=args.match_threshold,
+        reference_mix=args.reference_mix, reference_layers=args.reference_layers)
     options.validate()
     parse_selection(args.select)
+    ident.check_identity_args(args)
     device = resolve_device(args.device, what="--device")
     collected = collect_inputs(args.inputs, out_dir)
     plans = plan_outputs(collected.files, out_dir, save_faces=args.save_faces, compare=args.compare)
+    report_path = ident.check_report_path(args.report, [src for src, _ in collected.files],
+                                          [plan.dst for plan in plans])
+    references = ident.read_references(args)
     failed: list[str] = []
     for path, reason in collected.failures:
         failed.append(str(path))
@@ -345,20 +360,44 @@ def _run(args: argparse.Namespace) -> int:
     if not plans:
         print(f"done: 0/{total} files", file=sys.stderr)
         print(f"{len(failed)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
+        if report_path is not None:
+            report = ident.Report(report_path, ident.report_options(args, None, None), args.candidates)
+            for path, reason in collected.failures:
+                report.failed(path, reason)
+            report.write()
         return 1
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     dtype = torch.float32 if args.dtype == "auto" else getattr(torch, args.dtype)
     models_dir = resolve_models_dir(args.models)
     detector = None if args.aligned else choose_detector(args.detector, [models_dir], detector_dir=args.detector_dir)
+    embedder, identity_error = ident.load_identity(args, models_dir, device)      # before the heavy networks
     print(f"loading the VSPBFR networks from {models_dir}" + (f" and face detector {detector}" if detector else "")
-          + f" onto {device} {str(dtype).replace('torch.', '')}", file=sys.stderr)
+          + f" onto {device} {str(dtype).replace('torch.', '')}"
+          + (f"; identity embedder {embedder.name}" if embedder is not None else ""), file=sys.stderr)
     t0 = time.perf_counter()
     pipe = VSPBFRPipeline.from_dir(models_dir, detector=detector,
                                    detector_dir=args.detector_dir, chunk_size=args.chunk_size,
                                    low_memory=args.low_memory, compile=args.compile,
                                    allow_tf32=args.tf32).to(device, dtype)
+    if args.reference_mix > 0:          # layer indices against this model's W+ (once, not as a failure per file)
+        from ..identity.select import parse_layers
+
+        try:
+            parse_layers(args.reference_layers, pipe.model.style_encoder.config.num_ws)
+        except InputError as exc:
+            raise InputError(f"--reference-layers {args.reference_layers}: {str(exc).split(': ', 1)[-1]}") from exc
+    reference = None
+    if references:
+        reference = pipe.make_reference([r.pixels for r in references], embedder, aligned=args.aligned,
+                                        names=[str(p) for p in args.reference], threshold=args.threshold)
     load_s = time.perf_counter() - t0
+    report = None
+    if report_path is not None:
+        report = ident.Report(report_path, ident.report_options(args, embedder, identity_error), args.candidates)
+        for path, reason in collected.failures:
+            report.failed(path, reason)
+    run_identity = dict(embedder=embedder, reference=reference)
     writer = OutputWriter(out_dir, [src for src, _ in collected.files])
     progress = FileProgress(len(plans))
     faces_total = 0
@@ -372,9 +411,9 @@ def _run(args: argparse.Namespace) -> int:
             fmt = output_format(plan.dst, loaded.format)
             image = loaded.pixels
             if args.aligned:
-                result = pipe.restore_aligned(image, options, callback=progress.draw)
+                result = pipe.restore_aligned(image, options, callback=progress.draw, **run_identity)
             else:
-                result = pipe(image, options, callback=progress.draw)
+                result = pipe(image, options, callback=progress.draw, **run_identity)
             writer.write(result.images[0], plan.dst, src, format=fmt, sample=loaded.sample, params=loaded.params)
             if args.save_faces:
                 for k in range(result.faces_found):
@@ -383,18 +422,29 @@ def _run(args: argparse.Namespace) -> int:
             if args.compare:
                 writer.write(_compare_image(image[0], result.images[0]), plan.compare, src)
             faces_total += result.faces_found
+            if report is not None:
+                report.add(src, plan.dst, result, args.aligned)
             progress.finish_file(f"{src}: {result.faces_found} face(s) -> {plan.dst} "
-                                 f"({time.perf_counter() - t_file:.1f} s)")
+                                 f"({time.perf_counter() - t_file:.1f} s)"
+                                 + ident.identity_note(result, reference is not None))
+            for line in ident.identity_log_lines(result):
+                log.debug("%s: %s", src, line)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # one bad file must not stop a folder run: report it, go on, exit non-zero
             failed.append(str(src))
-            progress.finish_file(f"{src}: FAILED: {_failure_text(exc, src)}")
+            reason = _failure_text(exc, src)
+            if report is not None:
+                report.failed(src, reason)
+            progress.finish_file(f"{src}: FAILED: {reason}")
             log.debug("failure details for %s", src, exc_info=True)
     elapsed = time.perf_counter() - t_run
     per_face = f"{elapsed / faces_total:.2f} s/face" if faces_total else "no faces"
     print(f"done: {total - len(failed)}/{total} files, {faces_total} faces, {elapsed:.1f} s "
           f"({per_face}; model load {load_s:.1f} s) on {device} {str(dtype).replace('torch.', '')}", file=sys.stderr)
+    if report is not None:
+        report.write()
+        print(f"report: {report.path}", file=sys.stderr)
     if failed:
         print(f"{len(failed)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1

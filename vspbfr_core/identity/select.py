@@ -208,13 +208,13 @@ def _as_image_list(images: Any) -> list[torch.Tensor]:
 
 @torch.inference_mode()
 def make_reference(pipeline: VSPBFRPipeline, images: Any, embedder: FaceEmbedder, *, aligned: bool = False,
-                   names: Sequence[str] | None = None) -> IdentityReference:
+                   names: Sequence[str] | None = None, threshold: float | None = None) -> IdentityReference:
     """An :class:`IdentityReference` from reference photos.
 
     ``images``: one IMAGE tensor ``[B, H, W, C]`` in [0, 1] (B photos) or a list of them (photos of different
-    sizes).  Each photo's largest face is detected (the detector's default threshold) and aligned as the pipeline
-    aligns a face to restore; ``aligned=True`` takes each photo as an already aligned square crop.  A photo without
-    a face is an InputError naming it (``names[i]``, else its position).
+    sizes).  Each photo's largest face is detected (score ``threshold``, None: the detector's default) and aligned
+    as the pipeline aligns a face to restore; ``aligned=True`` takes each photo as an already aligned square crop.
+    A photo without a face is an InputError naming it (``names[i]``, else its position).
     """
     from ..face import align_faces
     from ..image import from_host
@@ -245,10 +245,10 @@ def make_reference(pipeline: VSPBFRPipeline, images: Any, embedder: FaceEmbedder
         if pipeline.detector is None:
             raise InputError("make_reference: this pipeline has no face detector; give aligned reference faces "
                              "(aligned=True) or load the pipeline with a detector")
-        dets = pipeline.detect(photo, RestoreOptions(selection="largest"))
+        dets = pipeline.detect(photo, RestoreOptions(selection="largest", threshold=threshold))
         if len(dets) == 0:
             raise InputError(f"reference image {label}: no face found; use a photo where the person's face is "
-                             "clearly visible (or lower the detection threshold of the main run)")
+                             "clearly visible (or lower the detection threshold)")
         # aligned at the embedders' size (the model's own size may be smaller; the encoder resizes)
         crops.append(align_faces(rgb.to(pipeline.device, torch.float32), dets.to(pipeline.device),
                                  size=max(ALIGN_SIZE, r)).crops.float().cpu())
@@ -320,7 +320,10 @@ def restore_with_identity(pipeline: VSPBFRPipeline, crops: torch.Tensor, keys: l
         if skipped:
             progress.step("not matching", skipped * (per_face - 1))
     faces = [FaceIdentity(restored=bool(k)) for k in keep.tolist()]
-    restored = _resized(crops, res).to(pipeline.device)
+    # a copy: restored faces are written into it, and _resized returns the crops passed in when they are float32 at
+    # the model's size; writing into those changed the aligned input crops (result.crops) and hid the restored face
+    # from paste-back, which keeps the original pixels wherever the crop did not change
+    restored = _resized(crops, res).to(pipeline.device).clone()
     idx = keep.nonzero().flatten()
     sel = idx.tolist()
     enc_ws = None
