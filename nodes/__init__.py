@@ -1,12 +1,13 @@
 """The VSPBFR ComfyUI nodes: one NODE_CONFIG table builds both mappings (KJNodes pattern).
 
-Importing registers the ``vspbfr`` and ``facedetection`` model folders append-safely and nothing else: no model is
-loaded and nothing is downloaded until a node runs.
+Importing registers the ``vspbfr``, ``facedetection`` and ``facexlib`` model folders append-safely and nothing else:
+no model is loaded and nothing is downloaded until a node runs.
 """
 from __future__ import annotations
 
 from . import comfy_host
 from .face_nodes import VSPBFRDetectFaces, VSPBFRPasteFaces
+from .identity_nodes import VSPBFRIdentityScore
 from .loader_nodes import VSPBFRModelLoader
 from .restore_nodes import VSPBFRFaceRestore, VSPBFRRestoreFaces, VSPBFRStylePrompt
 
@@ -17,6 +18,7 @@ NODE_CONFIG = {
     "VSPBFRRestoreFaces": {"class": VSPBFRRestoreFaces, "name": "VSPBFR SMART Restore"},
     "VSPBFRPasteFaces": {"class": VSPBFRPasteFaces, "name": "VSPBFR Paste Faces Back"},
     "VSPBFRFaceRestore": {"class": VSPBFRFaceRestore, "name": "VSPBFR Face Restore (all-in-one)"},
+    "VSPBFRIdentityScore": {"class": VSPBFRIdentityScore, "name": "VSPBFR Identity Score"},
 }
 
 NODE_CLASS_MAPPINGS = {node_id: entry["class"] for node_id, entry in NODE_CONFIG.items()}

@@ -1,8 +1,9 @@
 """Everything the VSPBFR nodes need from ComfyUI, in one place: the only module that imports ``comfy`` or
 ``folder_paths`` (style guide, section 5).
 
-* Model folders: ``vspbfr`` (our networks) and ``facedetection`` (RetinaFace, shared with facerestore_cf, ReActor,
-  GPEN...) are registered append-safely: an entry that already exists (from ``extra_model_paths.yaml`` or another
+* Model folders: ``vspbfr`` (our networks), ``facedetection`` (RetinaFace, shared with facerestore_cf, ReActor,
+  GPEN...) and ``facexlib`` (the optional ArcFace identity network, where PuLID and other packs keep facexlib's
+  files) are registered append-safely: an entry that already exists (from ``extra_model_paths.yaml`` or another
   pack) keeps its folders and gets ours added at the end.  Nothing is downloaded, ever.
 * Devices and precision: ``model_management`` decides (``--cpu``, ``--gpu-only``, fp16/bf16 support).
 * Memory: each network bundle is wrapped in a ``ModelPatcher`` and loaded with ``load_models_gpu`` plus an
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MODEL_FOLDER = "vspbfr"                                # models/vspbfr: the three VSPBFR networks
 DETECTOR_FOLDERS = ("facedetection", "facexlib")       # RetinaFace weights users already have, searched first
+IDENTITY_FOLDERS = ("facexlib", MODEL_FOLDER)          # recognition_arcface_ir_se50.pth: facexlib's folder first
 MODEL_EXTENSIONS = (".pt", ".pth", ".safetensors")
 PREVIEW_MAX_SIDE = 1024                                # previews for the web extension are at most this large
 ACTIVATION_VALUES_PER_PIXEL = 512                      # rough activation estimate per face pixel (see memory_estimate)
@@ -65,9 +67,10 @@ def register_folder(name: str, path: str, extensions: Iterable[str] = MODEL_EXTE
 
 
 def register_model_folders() -> None:
-    """Register ``models/vspbfr`` and ``models/facedetection`` (append-safe; creates no folder)."""
-    register_folder(MODEL_FOLDER, os.path.join(folder_paths.models_dir, MODEL_FOLDER))
-    register_folder(DETECTOR_FOLDERS[0], os.path.join(folder_paths.models_dir, DETECTOR_FOLDERS[0]))
+    """Register ``models/vspbfr``, ``models/facedetection`` and ``models/facexlib`` (append-safe; creates no
+    folder)."""
+    for name in (MODEL_FOLDER, DETECTOR_FOLDERS[0], IDENTITY_FOLDERS[0]):
+        register_folder(name, os.path.join(folder_paths.models_dir, name))
 
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # custom_nodes/<this pack>
@@ -103,15 +106,26 @@ def model_dirs() -> list[str]:
     return list(folder_paths.get_folder_paths(MODEL_FOLDER))
 
 
-def detector_dirs() -> list[str]:
-    """Where RetinaFace weights are looked for: ``facedetection``, then ``facexlib``, then ``vspbfr``."""
+def _folder_dirs(names: Iterable[str]) -> list[str]:
+    """The registered folders of each model folder name (plus its default ``models/<name>``), in order, once each."""
     out: list[str] = []
-    for name in DETECTOR_FOLDERS + (MODEL_FOLDER,):
+    for name in names:
         entry = folder_paths.folder_names_and_paths.get(name)
         dirs = list(entry[0]) if entry is not None else []
         dirs.append(os.path.join(folder_paths.models_dir, name))
         out.extend(d for d in dirs if d not in out)
     return out
+
+
+def detector_dirs() -> list[str]:
+    """Where RetinaFace weights are looked for: ``facedetection``, then ``facexlib``, then ``vspbfr``."""
+    return _folder_dirs(DETECTOR_FOLDERS + (MODEL_FOLDER,))
+
+
+def identity_dirs() -> list[str]:
+    """Where the ArcFace identity network is looked for: ``facexlib`` (other face packs keep it there), then
+    ``vspbfr``; a missing file's download command targets the first of them."""
+    return _folder_dirs(IDENTITY_FOLDERS)
 
 
 def model_file_names() -> list[str]:

@@ -22,6 +22,7 @@ class ModelHandle:
     dtype: torch.dtype                # precision the networks run in
     files: dict[str, str] = field(default_factory=dict)   # kind -> file path, for messages
     detector: Any = None              # the RetinaFace the all-in-one node used last (nodes.ops.LoadedDetector)
+    embedder: Any = None              # the identity embedder a restore node used last (nodes.ops.LoadedEmbedder)
 
     @property
     def resolution(self) -> int:

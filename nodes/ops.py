@@ -15,6 +15,12 @@ widget values are checked (types, ranges, choices) before any model is loaded, I
 ``[B, H, W, C]`` in [0, 1] without NaN, the custom-socket inputs must be the pack's own objects, crops / faces / style
 counts must match, and NaN produced by damaged weights is a NonFiniteError naming the network and its file (never a
 black or white face).  Work too large for the memory is refused up front (InsufficientMemoryError).
+
+Identity (best-of-N candidates, reference photos, only the matching faces; vspbfr_core.identity.select) is off by
+default, and then nothing of it runs: no identity network is loaded and the pixels are those of the plain
+restoration.  It turns on with candidates > 1, a connected reference or only_matching; the embedder is then loaded
+once per (name, file, device) while anything holds it (:class:`LoadedEmbedder`), ArcFace through the memory manager
+on the networks' device, dlib on the CPU.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import logging
 import os
 import weakref
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -31,8 +37,8 @@ from ..vspbfr_core import memory
 from ..vspbfr_core.checks import check_bool, check_choice, check_float, check_int, describe_value
 from ..vspbfr_core.errors import InputError
 from ..vspbfr_core.image import from_host, to_host
-from ..vspbfr_core.pipeline import (MEMORY_ADVICE, PROGRESS_PER_FACE, RestoreOptions, StylePrompts, VSPBFRPipeline,
-                                    check_precision)
+from ..vspbfr_core.pipeline import (MAX_CANDIDATES, MEMORY_ADVICE, PROGRESS_PER_FACE, RestoreOptions, StylePrompts,
+                                    VSPBFRPipeline, check_precision)
 from ..vspbfr_core.progress import Progress
 from . import comfy_host as host
 from .handles import FaceSet, ModelHandle, StyleSet
@@ -48,7 +54,7 @@ COLOR_CORRECTIONS = ("none", "meanstd", "wavelet")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEFAULT_THRESHOLD = 0.97            # vspbfr_core.face.DEFAULT_THRESHOLD (FaceRestoreHelper's)
 PREVIEW_FACES = 8                   # crops shown side by side in the restore node's comparison
-
+EMBEDDERS = ("arcface", "dlib")     # vspbfr_core.identity.EMBEDDERS, the identity widget's choices
 
 
 class LoadedDetector:
@@ -68,6 +74,23 @@ class LoadedDetector:
 
 # (name, path, mtime) -> the loaded detector, while anything holds it
 _DETECTORS: weakref.WeakValueDictionary[tuple[str, str, float], LoadedDetector] = weakref.WeakValueDictionary()
+
+
+class LoadedEmbedder:
+    """An identity embedder (vspbfr_core.identity) and the ModelPatcher of its network (ArcFace; None for dlib,
+    which has no torch network and runs on the CPU).  Held weakly by the pack's cache, like :class:`LoadedDetector`:
+    the VSPBFR_MODEL handle of the node that used it keeps it loaded."""
+
+    def __init__(self, name: str, embedder: Any, patcher: Any):
+        self.name, self.embedder, self.patcher = name, embedder, patcher
+
+    @property
+    def patchers(self) -> list[Any]:
+        return [] if self.patcher is None else [self.patcher]
+
+
+# (name, path, mtime, device) -> the loaded embedder, while anything holds it
+_EMBEDDERS: weakref.WeakValueDictionary[tuple[str, str, float, str], LoadedEmbedder] = weakref.WeakValueDictionary()
 
 
 # -- inputs and outputs ----------------------------------------------------------------------------------------------
@@ -161,6 +184,132 @@ def _activate(handle: ModelHandle, faces: int, extra: Sequence[Any] = ()) -> VSP
     if pipeline.device != device or pipeline.dtype != handle.dtype or not _on_device(pipeline.model, device):
         pipeline.to(device, handle.dtype)
     return pipeline
+
+
+# -- identity --------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class IdentitySettings:
+    """The identity widgets of the restore nodes (the identity fields of RestoreOptions, plus the reference photos)."""
+
+    candidates: int = 1                       # best-of-N (1: off)
+    embedder: str = "arcface"                 # the identity network
+    only_matching: bool = False               # restore only the faces that match the reference
+    match_threshold: float | None = None      # None: the embedder's own default
+    reference_mix: float = 0.0                # style prompt moved toward the reference W+ (0: off)
+    reference: torch.Tensor | None = None     # IMAGE [K, H, W, C]: photos of the person (largest face of each)
+
+    @property
+    def needed(self) -> bool:
+        """Whether an identity embedder runs (else the restoration is the plain one, byte for byte)."""
+        return self.candidates > 1 or self.reference is not None or self.only_matching
+
+    def options(self) -> dict[str, Any]:
+        return {"candidates": self.candidates, "only_matching": self.only_matching,
+                "match_threshold": self.match_threshold, "reference_mix": self.reference_mix}
+
+
+def identity_settings(candidates: int = 1, identity: str = "arcface", only_matching: bool = False,
+                      use_default_threshold: bool = True, match_threshold: float = 0.5, reference_mix: float = 0.0,
+                      reference: torch.Tensor | None = None) -> IdentitySettings:
+    """The identity widgets -> checked :class:`IdentitySettings` (before any model is loaded).
+
+    ``match_threshold`` is used only when ``use_default_threshold`` is off; with it on, the embedder's own threshold
+    applies (``FaceEmbedder.match_threshold``: arcface 0.3, dlib 0.94)."""
+    candidates = check_int(candidates, "candidates", minimum=1, maximum=MAX_CANDIDATES)
+    check_choice(identity, "identity", EMBEDDERS)
+    only_matching = check_bool(only_matching, "only_matching")
+    use_default = check_bool(use_default_threshold, "use_default_threshold")
+    threshold = check_float(match_threshold, "match_threshold", minimum=-1.0, maximum=1.0)
+    reference_mix = check_float(reference_mix, "reference_mix", minimum=0.0, maximum=1.0)
+    if reference is not None:
+        from_host(reference, "reference")
+    else:
+        for name, on in (("only_matching", only_matching), ("reference_mix > 0", reference_mix > 0)):
+            if on:
+                raise InputError(f"{name} needs the reference input: connect one or more photos of the person (an "
+                                 "IMAGE batch; the largest face of each photo is used)")
+    return IdentitySettings(candidates, identity, only_matching, None if use_default else threshold, reference_mix,
+                            reference)
+
+
+def default_threshold(name: str) -> float:
+    """The match threshold embedder ``name`` uses by default (``FaceEmbedder.match_threshold``; nothing loaded)."""
+    check_choice(name, "identity", EMBEDDERS)
+    if name == "dlib":
+        from ..vspbfr_core.identity.dlib import DlibEmbedder as cls
+    else:
+        from ..vspbfr_core.identity.arcface import ArcFaceEmbedder as cls
+    return float(cls.match_threshold)
+
+
+def get_embedder(name: str) -> LoadedEmbedder:
+    """The identity embedder ``name``; ArcFace (``recognition_arcface_ir_se50.pth`` from ``facexlib`` / ``vspbfr``)
+    is loaded once per file and device while anything holds it and runs where the VSPBFR networks run; dlib runs on
+    the CPU.  A missing ArcFace file raises naming the file, the folders searched and ComfyUI's download command."""
+    from ..vspbfr_core.identity import load_embedder
+
+    check_choice(name, "identity", EMBEDDERS)
+    if name == "dlib":
+        key: tuple[str, str, float, str] = ("dlib", "", 0.0, "cpu")
+        path = None
+    else:
+        from ..vspbfr_core.paths import find_model_file
+
+        path = find_model_file("arcface", host.identity_dirs())
+        key = ("arcface", str(path), os.path.getmtime(path), str(host.torch_device()))
+    loaded = _EMBEDDERS.get(key)
+    if loaded is None:
+        if path is None:
+            loaded = LoadedEmbedder(name, load_embedder("dlib", device="cpu"), None)
+        else:
+            embedder = load_embedder("arcface", device=host.offload_device(), file=path)
+            size = sum(t.numel() * t.element_size() for t in embedder.net.state_dict().values())
+            loaded = LoadedEmbedder(name, embedder, host.wrap_model(embedder.net, size))
+        _EMBEDDERS[key] = loaded
+    return loaded
+
+
+def activate_embedder(loaded: LoadedEmbedder, device: torch.device | None = None) -> Any:
+    """The embedder, on the device: ArcFace's network is put there by the memory manager, unless ``device`` says
+    where its patcher was just loaded (together with the VSPBFR networks, see :func:`_activate`)."""
+    if loaded.patcher is None:
+        return loaded.embedder
+    if device is None:
+        device = host.load_models([loaded.patcher])
+    if loaded.embedder.device != device or not _on_device(loaded.embedder.net, device):
+        loaded.embedder.to(device)
+    return loaded.embedder
+
+
+@dataclass
+class IdentityJob:
+    """What a restoration with identity needs: the settings, the loaded embedder and the reference (if any)."""
+
+    settings: IdentitySettings
+    loaded: LoadedEmbedder
+    reference: Any = None             # vspbfr_core.identity.IdentityReference
+
+
+def identity_reference(handle: ModelHandle, photos: torch.Tensor, loaded: LoadedEmbedder, detector: str,
+                       callback: Any = None, extra: Sequence[Any] = ()) -> Any:
+    """An IdentityReference from reference photos (IMAGE ``[K, H, W, C]``): the largest face of each, detected and
+    aligned as the faces to restore; a photo without a face is an error naming it."""
+    from ..vspbfr_core.identity.select import make_reference
+
+    found = find_faces(photos, detector, selection="largest", size=handle.resolution, callback=callback,
+                       extra=[handle.patcher, *loaded.patchers, *extra])
+    missing = sorted(set(range(photos.shape[0])) - set(found.detections.image_index.tolist()))
+    if missing:
+        which = ", ".join(str(i + 1) for i in missing)
+        raise InputError(f"reference: no face found in photo {which} of {photos.shape[0]} (detector "
+                         f"{found.detector}); use photos where the person's face is clearly visible")
+    pipeline = _activate(handle, len(found), [*loaded.patchers, *extra])
+    embedder = activate_embedder(loaded, pipeline.device)
+    crops = found.aligned.crops.permute(0, 2, 3, 1)
+    reference = make_reference(pipeline, crops, embedder, aligned=True)
+    boxes = tuple(tuple(round(float(v), 2) for v in box) for box in found.detections.boxes.tolist())
+    return replace(reference, boxes=boxes)
 
 
 # -- detection -------------------------------------------------------------------------------------------------------
@@ -285,24 +434,49 @@ def _mix(style: StylePrompts, fidelity: float) -> StylePrompts:
 
 def restore_crops(handle: ModelHandle, crops: torch.Tensor, *, seed: int, fidelity: float = 1.0,
                   bank_scale: float = 1.0, style: StyleSet | None = None, faces: FaceSet | None = None,
-                  keep_gray: bool = True, callback: Any = None, extra: Sequence[Any] = ()) -> torch.Tensor:
+                  keep_gray: bool = True, identity: IdentitySettings | None = None, callback: Any = None,
+                  extra: Sequence[Any] = ()) -> torch.Tensor:
     """Aligned crops IMAGE ``[F, S, S, C]`` -> restored crops IMAGE ``[F, R, R, 3]`` (R: the model's resolution).
 
     ``keep_gray``: a crop whose channels are equal (a grayscale photo: ComfyUI's LoadImage gives it as RGB) is
-    restored in gray (see :class:`vspbfr_core.pipeline.RestoreOptions`)."""
+    restored in gray (see :class:`vspbfr_core.pipeline.RestoreOptions`).  ``identity``: best-of-N candidates
+    (reference photos need the all-in-one node, which can detect their faces)."""
+    if identity is not None and identity.reference is not None:
+        raise InputError("restore: reference photos need the all-in-one node (it detects their faces)")
+    restored, _ = _restore_crops(handle, crops, seed=seed, fidelity=fidelity, bank_scale=bank_scale, style=style,
+                                 faces=faces, keep_gray=keep_gray, identity=identity, callback=callback, extra=extra)
+    return restored
+
+
+def _restore_crops(handle: ModelHandle, crops: torch.Tensor, *, seed: int, fidelity: float = 1.0,
+                   bank_scale: float = 1.0, style: StyleSet | None = None, faces: FaceSet | None = None,
+                   keep_gray: bool = True, identity: IdentitySettings | None = None, job: IdentityJob | None = None,
+                   callback: Any = None, extra: Sequence[Any] = ()) -> tuple[torch.Tensor, list[Any] | None]:
+    """:func:`restore_crops`, plus each face's identity record (vspbfr_core.identity.FaceIdentity) when identity
+    is on (``job``, or ``identity`` whose embedder is loaded here); None when it is off."""
     _check_handle(handle)
-    options = RestoreOptions(seed=seed, prompt_mix=fidelity, bank_scale=bank_scale, keep_gray=keep_gray)
+    settings = job.settings if job is not None else identity if identity is not None else IdentitySettings()
+    options = RestoreOptions(seed=seed, prompt_mix=fidelity, bank_scale=bank_scale, keep_gray=keep_gray,
+                             **settings.options())
     options.validate()
     _check_faces(faces)
     if style is not None and not isinstance(style, StyleSet):
         raise InputError(f"style: expected the VSPBFR_STYLE output of the VSPBFR W+ Style Prompt node, got "
                          f"{describe_value(style)}")
+    if style is not None and settings.needed:
+        raise InputError("style: a connected style prompt cannot be combined with identity (candidates > 1: each "
+                         "candidate diffuses its own style prompt); leave style unconnected or set candidates to 1")
     device_out = host.intermediate_device()
     if _placeholder(crops):
-        return crops.to(device_out)
+        return crops.to(device_out), ([] if settings.needed else None)
     rgb, _ = from_host(crops, "crops")
     count = rgb.shape[0]
     keys = _face_keys(count, faces, "restore")
+    if settings.needed:
+        if job is None:
+            job = IdentityJob(settings, get_embedder(settings.embedder))
+        handle.embedder = job.loaded    # kept loaded as long as the loader node's cached output (see LoadedEmbedder)
+        return _restore_identity(handle, rgb, keys, options, job, callback, extra)
     mixed = None
     if style is not None:
         if len(style) != count:
@@ -317,7 +491,30 @@ def restore_crops(handle: ModelHandle, crops: torch.Tensor, *, seed: int, fideli
         restored, _ = pipeline.restore_faces(rgb[a:b], part, options=options, face_keys=keys[a:b], progress=progress)
         out.append(restored.float().to(device_out))
     host.soft_empty_cache()
-    return torch.cat(out).permute(0, 2, 3, 1).contiguous()
+    return torch.cat(out).permute(0, 2, 3, 1).contiguous(), None
+
+
+def _restore_identity(handle: ModelHandle, rgb: torch.Tensor, keys: list[int], options: RestoreOptions,
+                      job: IdentityJob, callback: Any, extra: Sequence[Any]) -> tuple[torch.Tensor, list[Any]]:
+    """Best-of-N / only-matching / reference mix of checked crops ``[F, 3, S, S]``, in the same slices (and so with
+    the same per-face seeds and Cancel points) as the plain path."""
+    from ..vspbfr_core.identity import select
+
+    count = rgb.shape[0]
+    pipeline = _activate(handle, count, [*extra, *job.loaded.patchers])
+    embedder = activate_embedder(job.loaded, pipeline.device)
+    select.check_identity_request(options, embedder, job.reference, "VSPBFR restore")
+    progress = Progress(select.progress_units(options, True) * count, callback)
+    device_out = host.intermediate_device()
+    out, records = [], []
+    with torch.inference_mode(), memory.guard("restoring faces with identity", pipeline.device, MEMORY_ADVICE):
+        for a, b in _slices(count, host.chunk_size(pipeline.device, pipeline.chunk_size)):
+            found = select.restore_with_identity(pipeline, rgb[a:b], keys[a:b], options, embedder, job.reference,
+                                                 progress)
+            out.append(found.restored.float().to(device_out))
+            records.extend(found.faces)
+    host.soft_empty_cache()
+    return torch.cat(out).permute(0, 2, 3, 1).contiguous(), records
 
 
 # -- paste-back ------------------------------------------------------------------------------------------------------
@@ -365,26 +562,51 @@ def _ensure_paste_memory(images: torch.Tensor, upscale: float, device: torch.dev
 def face_restore(handle: ModelHandle, images: torch.Tensor, *, detector: str, seed: int, fidelity: float = 1.0,
                  visibility: float = 1.0, selection: str = "all", only_center_face: bool = False,
                  upscale: float = 1.0, threshold: float = DEFAULT_THRESHOLD, keep_gray: bool = True,
-                 callback: Any = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The all-in-one node: detect, restore and paste, with crops at the model's resolution."""
+                 identity: IdentitySettings | None = None, callback: Any = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, int, FaceSet, list[Any] | None]:
+    """The all-in-one node: detect, restore and paste, with crops at the model's resolution.
+
+    Returns the images, the paste mask, the number of faces restored, the faces found and (identity on) each
+    face's identity record; faces that ``only_matching`` leaves alone are not pasted, so their pixels stay as
+    they were."""
     _check_handle(handle)
     check_choice(detector, "facedetection", DETECTORS)
     check_bool(only_center_face, "only_center_face")
+    settings = identity if identity is not None else IdentitySettings()
     RestoreOptions(seed=seed, prompt_mix=fidelity, visibility=visibility, upscale=upscale, selection=selection,
-                   threshold=threshold, keep_gray=keep_gray).validate()
+                   threshold=threshold, keep_gray=keep_gray, **settings.options()).validate()
     _ensure_paste_memory(images, float(upscale), host.intermediate_device())     # before any detection work
+    # the identity network before any detection work (a missing ArcFace file is reported first)
+    job = IdentityJob(settings, get_embedder(settings.embedder)) if settings.needed else None
     loaded = get_detector(detector)
     handle.detector = loaded            # lives as long as the loader node's cached output (see LoadedDetector)
     faces = find_faces(images, loaded.name, threshold=threshold,
                        selection="center" if only_center_face else selection, size=handle.resolution,
                        callback=callback, extra=[handle.patcher])
     restored = torch.zeros(0, handle.resolution, handle.resolution, 3)
+    records = None if job is None else []
+    pasted = faces
     if len(faces):
+        if job is not None and settings.reference is not None:
+            job.reference = identity_reference(handle, settings.reference, job.loaded, loaded.name, callback,
+                                               [loaded.patcher])
         crops = faces.aligned.crops.permute(0, 2, 3, 1)
-        restored = restore_crops(handle, crops, seed=seed, fidelity=fidelity, faces=faces, keep_gray=keep_gray,
-                                 callback=callback, extra=[loaded.patcher])
-    out, mask = paste(images, faces, restored, visibility=visibility, upscale=upscale)
-    return out, mask, len(faces)
+        restored, records = _restore_crops(handle, crops, seed=seed, fidelity=fidelity, faces=faces,
+                                           keep_gray=keep_gray, job=job, callback=callback, extra=[loaded.patcher])
+        if records is not None and not all(r.restored for r in records):
+            keep = torch.tensor([r.restored for r in records], dtype=torch.bool)
+            pasted, restored = _subset(faces, keep), restored[keep]
+    out, mask = paste(images, pasted, restored, visibility=visibility, upscale=upscale)
+    return out, mask, len(pasted), faces, records
+
+
+def _subset(faces: FaceSet, keep: torch.Tensor) -> FaceSet:
+    """The faces of ``faces`` selected by the bool mask ``keep`` [F] (for pasting only the restored ones)."""
+    a = faces.aligned
+    k = keep.to(a.image_index.device)
+    aligned = replace(a, crops=a.crops[k.to(a.crops.device)], affine=a.affine[k.to(a.affine.device)],
+                      inverse=a.inverse[k.to(a.inverse.device)], image_index=a.image_index[k])
+    return FaceSet(faces.detections.index(keep), aligned, faces.detector, keep=faces.keep)
 
 
 # -- previews for web/js/vspbfr.js -----------------------------------------------------------------------------------

@@ -3,8 +3,9 @@ VSPBFRFaceRestore."""
 from __future__ import annotations
 
 from . import comfy_host as host
-from . import ops
+from . import identity_ops, ops
 from .face_nodes import DETECTOR, IMAGE_INPUTS, SELECTION
+from .identity_nodes import CANDIDATES, IDENTITY, IDENTITY_WIDGETS, REFERENCE
 
 MODEL = ("VSPBFR_MODEL", {"tooltip": "The networks from the VSPBFR Load Model node."})
 CROPS = ("IMAGE", {"tooltip": "Aligned face crops (the detect node's crops, possibly edited)."})
@@ -56,22 +57,28 @@ class VSPBFRRestoreFaces:
         return {"required": {"model": MODEL, "crops": CROPS, "seed": SEED, "fidelity": FIDELITY,
                              "bank_scale": BANK_SCALE},
                 "optional": {"style": ("VSPBFR_STYLE", {"tooltip": "Style prompts of these crops; computed here "
-                                       "when unconnected."}), "faces": FACES, "keep_gray": KEEP_GRAY}}
+                                       "when unconnected."}), "faces": FACES, "keep_gray": KEEP_GRAY,
+                             "candidates": CANDIDATES, "identity": IDENTITY}}   # new widgets last: IDENTITY_WIDGETS
 
-    def restore(self, model, crops, seed, fidelity, bank_scale, style=None, faces=None, keep_gray=True):
+    def restore(self, model, crops, seed, fidelity, bank_scale, style=None, faces=None, keep_gray=True, candidates=1,
+                identity="arcface"):
         restored = ops.restore_crops(model, crops, seed=seed, fidelity=fidelity, bank_scale=bank_scale, style=style,
-                                     faces=faces, keep_gray=keep_gray, callback=host.Progress())
+                                     faces=faces, keep_gray=keep_gray, callback=host.Progress(),
+                                     identity=ops.identity_settings(candidates, identity))
         return {"ui": ops.compare_preview(crops, restored, crops=True), "result": (restored,)}
 
 
 class VSPBFRFaceRestore:
     DESCRIPTION = ("One-node face restoration (detect, W+ style prompt, SMART restore, paste back) with the widgets "
-                   "of facerestore_cf / ReActor. Frames without faces pass through unchanged.")
+                   "of facerestore_cf / ReActor. Frames without faces pass through unchanged. Optional identity: "
+                   "best-of-N candidates, reference photos of the person, restoring only that person's faces.")
     CATEGORY = "VSPBFR"
-    RETURN_TYPES = ("IMAGE", "MASK", "INT", "LATENT")
-    RETURN_NAMES = ("image", "mask", "count", "latent")
+    RETURN_TYPES = ("IMAGE", "MASK", "INT", "LATENT", "STRING")
+    RETURN_NAMES = ("image", "mask", "count", "latent", "identity")
     OUTPUT_TOOLTIPS = ("The restored images.", "Where faces were pasted (0..1).", "Faces restored in the batch.",
-                       "The result encoded with the VAE input (connect a VAE to use this).")
+                       "The result encoded with the VAE input (connect a VAE to use this).",
+                       "Identity scores per face, one block per image (which candidate was kept, likeness to the "
+                       "input and the reference); 'identity off' when no identity network ran.")
     FUNCTION = "restore"
 
     @classmethod
@@ -86,15 +93,18 @@ class VSPBFRFaceRestore:
             "upscale": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 8.0, "step": 0.5,
                                   "tooltip": "Scale of the output; faces are pasted at the new scale."}),
             "seed": SEED,
-        }, "optional": {**IMAGE_INPUTS, "keep_gray": KEEP_GRAY},
+        }, "optional": {**IMAGE_INPUTS, "keep_gray": KEEP_GRAY, **IDENTITY_WIDGETS, "reference": REFERENCE},
             "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
 
     def restore(self, model, facedetection, fidelity, visibility, only_center_face, selection, upscale, seed,
-                image=None, latent=None, vae=None, keep_gray=True, prompt=None, unique_id=None):
+                image=None, latent=None, vae=None, keep_gray=True, reference=None, prompt=None, unique_id=None,
+                **identity):                        # the IDENTITY_WIDGETS, by name (ops.identity_settings)
         images = ops.input_images(image, latent, vae)
-        out, mask, count = ops.face_restore(model, images, detector=facedetection, seed=seed, fidelity=fidelity,
-                                            visibility=visibility, selection=selection, upscale=upscale,
-                                            only_center_face=only_center_face, keep_gray=keep_gray,
-                                            callback=host.Progress())
+        settings = ops.identity_settings(reference=reference, **identity)
+        out, mask, count, faces, records = ops.face_restore(
+            model, images, detector=facedetection, seed=seed, fidelity=fidelity, visibility=visibility,
+            selection=selection, upscale=upscale, only_center_face=only_center_face, keep_gray=keep_gray,
+            identity=settings, callback=host.Progress())
         latent_out = ops.latent_output(vae, out, prompt, unique_id, 3)
-        return {"ui": ops.compare_preview(images, out), "result": (out, mask, count, latent_out)}
+        report = identity_ops.restore_report(faces, records, settings, images.shape[0])
+        return {"ui": ops.compare_preview(images, out), "result": (out, mask, count, latent_out, report)}

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, shared_path
+from identity_models import write_tiny_arcface
 from tiny_models import write_tiny_checkpoints
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "comfyui"))
@@ -29,8 +30,9 @@ from ws_client import WebSocket  # noqa: E402
 EXAMPLES = ROOT / "example_workflows"
 DETECTOR = "retinaface_mobile0.25"          # the detector ../shared carries
 PHOTO_FACES = 4                             # faces RetinaFace finds in cf_00.jpg
+ARCFACE = "recognition_arcface_ir_se50.pth"  # the identity network (a tiny one here), in the yaml's facexlib folder
 NODE_IDS = ("VSPBFRModelLoader", "VSPBFRDetectFaces", "VSPBFRStylePrompt", "VSPBFRRestoreFaces", "VSPBFRPasteFaces",
-            "VSPBFRFaceRestore")
+            "VSPBFRFaceRestore", "VSPBFRIdentityScore")
 
 MAKE_TAESD = """
 import sys
@@ -63,11 +65,13 @@ def comfy(tmp_path_factory):
     write_tiny_checkpoints(models / "vspbfr")
     (models / "facedetection").mkdir()
     (models / "facedetection" / detector.name).write_bytes(detector.read_bytes())
+    (models / "facexlib").mkdir()
+    write_tiny_arcface(models / "facexlib" / ARCFACE)
     (models / "vae_approx").mkdir()
     subprocess.run([python, "-c", MAKE_TAESD, str(root), str(models / "vae_approx")], check=True, timeout=120)
     yaml = work / "extra_model_paths.yaml"
     yaml.write_text(f"vspbfr_test:\n    base_path: {models}\n    vspbfr: vspbfr\n    facedetection: facedetection\n"
-                    "    vae_approx: vae_approx\n")
+                    "    facexlib: facexlib\n    vae_approx: vae_approx\n")
     server = ComfyServer(python, root, ROOT, work, yaml)
     server.start()
     try:
@@ -111,6 +115,8 @@ def test_pack_loads_with_its_nodes_folders_and_extension(comfy):
         for section in ("required", "optional"):
             for name, value in spec["input"].get(section, {}).items():
                 assert value[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+    assert info["VSPBFRIdentityScore"]["output_is_list"] == [True, False]
+    assert info["VSPBFRFaceRestore"]["output"] == ["IMAGE", "MASK", "INT", "LATENT", "STRING"]   # new output last
     files = info["VSPBFRModelLoader"]["input"]["required"]["restoration_net"][0]
     assert files[0] == "restoration_net.pt" and "code_diffuser.pt" in files   # listed from the yaml folder
     scripts = [e for e in comfy.get_json("/extensions") if e.endswith("/vspbfr.js")]
@@ -217,6 +223,25 @@ def test_a_missing_model_file_is_an_error_naming_file_folder_and_download(comfy)
     assert "extra_model_paths.yaml" in message
 
 
+def test_best_of_n_with_the_arcface_file_from_the_yaml_facexlib_folder(comfy):
+    plain = saved(comfy, comfy.run(example("vspbfr_all_in_one", seed=7)), "4")
+    best = saved(comfy, comfy.run(example("vspbfr_all_in_one", seed=7, candidates=2)), "4")
+    assert best.shape == plain.shape and (best != plain).any()       # some face kept its second candidate
+    path = comfy.models / "facexlib" / ARCFACE
+    hidden = path.with_suffix(".hidden")
+    path.rename(hidden)
+    try:
+        entry = comfy.wait(comfy.queue(example("vspbfr_all_in_one", seed=7, candidates=3)))
+    finally:
+        hidden.rename(path)
+    error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
+    message = error["exception_message"]
+    assert error["node_type"] == "VSPBFRFaceRestore" and ARCFACE in message
+    # the yaml's facexlib folder first (registered before the pack), ComfyUI's models/facexlib after it
+    assert message.index(str(comfy.models / "facexlib")) < message.index(str(comfy.root / "models" / "facexlib"))
+    assert f'-m vspbfr_core download --models "{comfy.models / "facexlib"}" --only identity' in message
+
+
 def test_unload_models_frees_our_networks(comfy):
     def loads() -> tuple[int, int]:
         log = comfy.log()
@@ -256,6 +281,16 @@ def test_browser_shows_our_nodes_and_the_web_extension(comfy):
             expected = json.loads((EXAMPLES / "api" / f"{name}.json").read_text())
             assert sorted(n["class_type"] for n in api.values()) == sorted(n["class_type"] for n in expected.values())
             assert widget_values(api) == widget_values(expected)
+        # a workflow saved before the identity widgets (fewer widget values, no reference input, no identity
+        # output) loads with the old values in place and the new widgets at their defaults
+        old = json.loads((EXAMPLES / "vspbfr_all_in_one.json").read_text())
+        node = next(n for n in old["nodes"] if n["type"] == "VSPBFRFaceRestore")
+        node["widgets_values"] = node["widgets_values"][:-6]
+        node["inputs"] = [i for i in node["inputs"] if i["name"] != "reference"]
+        node["outputs"] = [o for o in node["outputs"] if o["name"] != "identity"]
+        api = json.loads(browser.evaluate(f"{GRAPH_TO_PROMPT_JS}({json.dumps(old)})"))
+        expected = json.loads((EXAMPLES / "api" / "vspbfr_all_in_one.json").read_text())
+        assert widget_values(api) == widget_values(expected)
         # run the split workflow from the page: boxes on the detect node, the slider on the restore node
         workflow = (EXAMPLES / "vspbfr_split.json").read_text()
         browser.evaluate(f"""(async () => {{

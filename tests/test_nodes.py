@@ -32,7 +32,7 @@ import comfyui_stubs as stubs  # noqa: E402
 
 DETECTOR = "retinaface_mobile0.25"
 NODE_IDS = ("VSPBFRModelLoader", "VSPBFRDetectFaces", "VSPBFRStylePrompt", "VSPBFRRestoreFaces", "VSPBFRPasteFaces",
-            "VSPBFRFaceRestore")
+            "VSPBFRFaceRestore", "VSPBFRIdentityScore")
 PHOTO_FACES = 4
 CUSTOM_TYPES = {"VSPBFR_MODEL", "VSPBFR_FACES", "VSPBFR_STYLE"}
 
@@ -239,7 +239,7 @@ def test_zero_faces_pass_through_unchanged_with_count_zero(env, state):
 
 def test_split_chain_gives_the_all_in_one_pixels(env):
     out, mask, count = split_chain(env, env.photo)
-    single, single_mask, single_count, latent = all_in_one(env, env.photo)["result"]
+    single, single_mask, single_count, latent, _ = all_in_one(env, env.photo)["result"]
     assert count == single_count == PHOTO_FACES and latent is None
     assert torch.equal(out, single) and torch.equal(mask, single_mask)
     outside = mask[..., None].expand_as(out) == 0
@@ -249,7 +249,7 @@ def test_split_chain_gives_the_all_in_one_pixels(env):
 def test_video_frames_have_their_own_faces_and_the_same_result_in_any_position(env):
     blank = torch.full_like(env.photo, 0.25)
     batch = torch.cat([env.photo, blank, env.photo])
-    out, mask, count, _ = all_in_one(env, batch)["result"]
+    out, mask, count, _, _ = all_in_one(env, batch)["result"]
     assert count == 2 * PHOTO_FACES and out.shape == batch.shape and mask.shape == batch.shape[:3]
     assert torch.equal(out[1], blank[0]) and torch.equal(out[0], out[2])
     assert torch.equal(out[:1], all_in_one(env, env.photo)["result"][0])
@@ -374,7 +374,7 @@ def test_latent_in_latent_out(env):
     result = env.nodes["VSPBFRDetectFaces"].detect(DETECTOR, 0.97, 0, 0, "all", "left-right", 16, latent=latent,
                                                    vae=vae)["result"]
     assert result[3] == 0 and result[4].shape == (2, 64, 96, 3)
-    out, mask, count, lat = env.nodes["VSPBFRFaceRestore"].restore(
+    out, mask, count, lat, _ = env.nodes["VSPBFRFaceRestore"].restore(
         env.model, DETECTOR, 1.0, 1.0, False, "all", 1.0, 0, latent=latent, vae=vae)["result"]
     assert out.shape == (2, 64, 96, 3) and lat["samples"].shape == (2, 4, 8, 12)
     paste = env.nodes["VSPBFRPasteFaces"].paste

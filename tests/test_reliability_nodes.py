@@ -363,7 +363,7 @@ def test_correct_output_all_in_one_keeps_the_alpha_of_an_rgba_image(env):
     needs_detector()
     rgb = photo()
     alpha = torch.linspace(0, 1, rgb.shape[2]).expand(1, rgb.shape[1], -1)[..., None]
-    out, mask, count, _ = all_in_one(env, image=torch.cat([rgb, alpha], -1))["result"]
+    out, mask, count, _, _ = all_in_one(env, image=torch.cat([rgb, alpha], -1))["result"]
     assert count == 1 and out.shape[-1] == 4 and torch.equal(out[..., 3:], alpha) and mask.any()
 
 
