@@ -12,8 +12,14 @@ the file runs. Running it:
    ``override_settings``);
 3. defines the Extras (postprocessing) script "VSPBFR", ordered after CodeFormer;
 4. defines an always-on txt2img/img2img script without UI that writes the VSPBFR settings and the seed
-   actually used into the generation infotext;
+   actually used into the generation infotext (and, with best-of-N on, each image's identity scores);
 5. adds ``POST /vspbfr/v1/restore`` and ``GET /vspbfr/v1/status`` to the server when it starts.
+
+Identity features (``vspbfr_core.identity``) are on when the ``vspbfr_candidates`` setting is above 1 (best-of-N),
+or when a request to our route gives reference photos or names an identity model; then the identity model of the
+``vspbfr_identity`` setting (ArcFace, ``recognition_arcface_ir_se50.pth`` in ``models/VSPBFR``, or dlib from its
+optional packages) is loaded once, kept next to the networks, and reloaded when that setting changes. Otherwise
+the restoration is the plain one, byte for byte, and no identity model is loaded.
 
 Model files are looked for in ``models/VSPBFR`` (or the folder of the "VSPBFR models folder" setting);
 the face detector also in ``models/GFPGAN``, where A1111 keeps facexlib's copy. Nothing is downloaded:
@@ -89,6 +95,9 @@ class OptionSpec(NamedTuple):
 
 
 DETECTOR_AUTO = core_paths.DETECTOR_AUTO       # the RetinaFace file that is there (resnet50 first)
+EMBEDDERS = ("arcface", "dlib")                 # vspbfr_core.identity.EMBEDDERS (that module imports torch)
+ARCFACE_FILE = core_paths.IDENTITY_FILES["arcface"]
+MAX_CANDIDATES = 64                             # vspbfr_core.pipeline.MAX_CANDIDATES
 DETECTORS = (DETECTOR_AUTO, "retinaface_resnet50", "retinaface_mobile0.25")
 DETECTOR_FROM_SETTINGS = "from settings"        # Extras choice: use the vspbfr_detector setting
 ORDERS = ("left-right", "top-bottom", "area", "score")
@@ -127,9 +136,36 @@ SPECS: tuple[OptionSpec, ...] = (
                infotext="VSPBFR detector",
                help="auto = the RetinaFace file that is there (detection_Resnet50_Final.pth first, else "
                     "detection_mobilenet0.25_Final.pth); the one used is written to the infotext"),
+    # identity (vspbfr_core.identity): on when candidates > 1, or when a request to our route gives reference
+    # photos or names an identity model
+    OptionSpec("candidates", 1, "VSPBFR candidates per face (best-of-N; 1 = off)", "int", 1, MAX_CANDIDATES, 1,
+               infotext="VSPBFR candidates",
+               help="restore each face N times and keep the one most like the input face (needs the identity "
+                    "model); the identity scores are written to the infotext"),
+    OptionSpec("identity", "arcface", "VSPBFR identity model", "choice", choices=EMBEDDERS,
+               infotext="VSPBFR embedder",
+               help=f"scores the candidates: arcface = {ARCFACE_FILE} in models/{MODELS_SUBDIR}; dlib = the Python "
+                    "packages dlib-bin and face_recognition_models"),
 )
 SPEC_BY_FIELD = {s.field: s for s in SPECS}
 INFOTEXT_ALWAYS = ("seed", "visibility", "prompt_mix", "bank_scale")   # recorded even at their defaults
+INFOTEXT_IDENTITY = ("identity",)                                      # recorded only when identity is on
+
+# Options of our route only (they need reference photos, which have no place in Settings); not settings.
+API_SPECS: tuple[OptionSpec, ...] = (
+    OptionSpec("only_matching", False, "restore only the faces that match the reference", "bool",
+               infotext="VSPBFR only matching"),
+    OptionSpec("match_threshold", None, "identity a face needs to match the reference", "float", -1.0, 1.0,
+               infotext="VSPBFR match threshold"),
+    OptionSpec("reference_mix", 0.0, "move the style prompt this far toward the reference", "float", 0.0, 1.0,
+               infotext="VSPBFR reference mix"),
+    OptionSpec("reference_layers", "middle", "W+ layers the reference mix moves", "text",
+               infotext="VSPBFR reference layers"),
+)
+API_SPEC_BY_FIELD = {s.field: s for s in API_SPECS}
+ANY_SPEC_BY_FIELD = {**SPEC_BY_FIELD, **API_SPEC_BY_FIELD}
+MAX_REFERENCES = 16                     # reference photos per request
+IDENTITY_INFOTEXT_KEYS = ("VSPBFR identity", "VSPBFR matched")        # per image, see RunInfo.identity_infotext
 
 
 def coerce(spec: OptionSpec, value: Any) -> Any:
@@ -167,6 +203,11 @@ def coerce(spec: OptionSpec, value: Any) -> Any:
 
         parse_selection(text)            # raises InputError with the accepted forms
         return text.lower() or "all"
+    if spec.field == "reference_layers":
+        from vspbfr_core.identity.select import parse_layers
+
+        parse_layers(text)               # raises InputError with the accepted forms
+        return text.lower()
     return text
 
 
@@ -184,10 +225,13 @@ def random_seed() -> int:
 
 
 class ResolvedOptions:
-    """What one restore will use: every option value (seed resolved) and the detector."""
+    """What one restore will use: every option value (seed resolved), the detector, and whether the identity
+    features are on (``identity_on``; ``references``: how many reference photos the request gave)."""
 
-    def __init__(self, values: dict[str, Any]):
+    def __init__(self, values: dict[str, Any], identity_on: bool = False, references: int = 0):
         self.values = values
+        self.identity_on = identity_on
+        self.references = references
 
     @property
     def seed(self) -> int:
@@ -197,39 +241,69 @@ class ResolvedOptions:
     def detector(self) -> str:
         return self.values["detector"]
 
+    @property
+    def embedder(self) -> str:
+        return self.values["identity"]
+
     def restore_options(self) -> Any:
         from vspbfr_core.pipeline import RestoreOptions
 
         v = self.values
+        identity = {}
+        if self.identity_on:                    # else every identity field keeps its default (the plain path)
+            threshold = v["match_threshold"]
+            identity = dict(candidates=int(v["candidates"]), only_matching=bool(v["only_matching"]),
+                            match_threshold=None if threshold is None else float(threshold),
+                            reference_mix=float(v["reference_mix"]), reference_layers=v["reference_layers"])
         return RestoreOptions(seed=int(v["seed"]), threshold=float(v["threshold"]), min_size=float(v["min_size"]),
                               max_faces=int(v["max_faces"]), selection=v["selection"], order=v["order"],
                               prompt_mix=float(v["prompt_mix"]), bank_scale=float(v["bank_scale"]),
                               visibility=float(v["visibility"]),
                               color_correction=None if v["color_correction"] == "none" else v["color_correction"],
-                              mask_shape=v["mask_shape"], keep_gray=bool(v["keep_gray"]))
+                              mask_shape=v["mask_shape"], keep_gray=bool(v["keep_gray"]), **identity)
 
     def infotext(self) -> dict[str, Any]:
-        """Infotext entries: seed, visibility and fidelity always, the other options when not at their default."""
+        """Infotext entries: seed, visibility and fidelity always, the other options when not at their default;
+        with identity on also the identity model and the number of reference photos."""
         out: dict[str, Any] = {}
-        for spec in SPECS:
+        for spec in SPECS + API_SPECS:
             value = self.values[spec.field]
-            if spec.field in INFOTEXT_ALWAYS or value != spec.default:
+            if spec.field in INFOTEXT_IDENTITY:
+                if self.identity_on:
+                    out[spec.infotext] = value
+            elif spec.field in INFOTEXT_ALWAYS or value != spec.default:
                 out[spec.infotext] = round(value, 3) if isinstance(value, float) else value
+        if self.references:
+            out["VSPBFR references"] = self.references
         return out
 
 
-def resolve_options(overrides: dict[str, Any] | None = None, *, pinned_seed: int | None = None) -> ResolvedOptions:
-    """Settings, then ``overrides`` (None values ignored); seed -1 becomes ``pinned_seed`` or a random seed."""
+def resolve_options(overrides: dict[str, Any] | None = None, *, pinned_seed: int | None = None,
+                    references: int = 0) -> ResolvedOptions:
+    """Settings, then ``overrides`` (None values ignored); seed -1 becomes ``pinned_seed`` or a random seed.
+
+    ``overrides`` may also hold the route-only options (:data:`API_SPECS`, default when absent). The identity
+    features are on when ``candidates`` > 1, when ``references`` reference photos come with the request, or when
+    ``overrides`` names the identity model (then the scores are reported even for one candidate).
+    """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    unknown = sorted(set(overrides) - set(SPEC_BY_FIELD))
+    unknown = sorted(set(overrides) - set(ANY_SPEC_BY_FIELD))
     if unknown:
-        raise InputError(f"unknown VSPBFR option(s) {', '.join(unknown)}; known: {', '.join(SPEC_BY_FIELD)}")
+        raise InputError(f"unknown VSPBFR option(s) {', '.join(unknown)}; known: {', '.join(ANY_SPEC_BY_FIELD)}")
     values = {}
     for spec in SPECS:
         values[spec.field] = coerce(spec, overrides[spec.field]) if spec.field in overrides else setting_value(spec)
+    for spec in API_SPECS:
+        values[spec.field] = coerce(spec, overrides[spec.field]) if spec.field in overrides else spec.default
     if values["seed"] == -1:
         values["seed"] = pinned_seed if pinned_seed is not None else random_seed()
-    return ResolvedOptions(values)
+    if not references:
+        for field, what in (("only_matching", "restores only the faces that match reference photos"),
+                            ("reference_mix", "moves the faces toward reference photos")):
+            if values[field] != API_SPEC_BY_FIELD[field].default:
+                raise InputError(f"{field}: {what}; give them in 'reference' (a base64 image or a list of them)")
+    identity_on = values["candidates"] > 1 or references > 0 or "identity" in overrides
+    return ResolvedOptions(values, identity_on, references)
 
 
 #----------------------------------------------------------------------------
@@ -303,19 +377,44 @@ class RestoreInterrupted(VSPBFRError):
 
 
 class RunInfo:
-    """What one restore did: faces restored, the options (and seed) used, the detections as JSON."""
+    """What one restore did: faces restored, the options (and seed) used, the detections as JSON and, with the
+    identity features on, the identity record of each face (``identity``: ``vspbfr_core.identity.FaceIdentity``
+    per detected face; ``report``: the per-face rows of ``vspbfr_core.identity.face_report``)."""
 
-    def __init__(self, faces: int, options: ResolvedOptions, detections: list[dict[str, Any]] | None = None):
+    def __init__(self, faces: int, options: ResolvedOptions, detections: list[dict[str, Any]] | None = None,
+                 identity: list[Any] | None = None, report: list[dict[str, Any]] | None = None):
         self.faces = faces
         self.options = options
         self.detections = detections or []
+        self.identity = identity
+        self.report = report
 
     @property
     def seed(self) -> int:
         return self.options.seed
 
+    def scores(self) -> list[float]:
+        """Per face: the identity of the face as output to the target the candidates were chosen by (the
+        reference photos when given, else the face's input)."""
+        use_reference = self.options.references > 0
+        out = []
+        for face in self.identity or []:
+            value = face.identity_reference if use_reference else face.identity_input
+            out.append(float("nan") if value is None else float(value))
+        return out
+
+    def identity_infotext(self) -> dict[str, Any]:
+        """The per-image identity entries: ``VSPBFR identity`` (one score per face, space-separated: infotext
+        values must not hold commas) and, with ``only_matching``, ``VSPBFR matched`` (restored / found)."""
+        if self.identity is None or not self.identity:
+            return {}
+        out: dict[str, Any] = {"VSPBFR identity": " ".join(f"{v:.3f}" for v in self.scores())}
+        if self.options.values.get("only_matching"):
+            out["VSPBFR matched"] = f"{sum(1 for f in self.identity if f.restored)}/{len(self.identity)}"
+        return out
+
     def infotext(self) -> dict[str, Any]:
-        return {**self.options.infotext(), "VSPBFR faces": self.faces}
+        return {**self.options.infotext(), "VSPBFR faces": self.faces, **self.identity_infotext()}
 
 
 class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
@@ -337,7 +436,10 @@ class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
         self.cmd_dir = model_path                         # shown by /sdapi/v1/face-restorers
         self.pinned_seed: int | None = None               # set for one generation job when the seed setting is -1
         self.last_run: RunInfo | None = None
+        self.job_runs: list[RunInfo] | None = None         # a txt2img/img2img job: its restores, for the infotext
         self._net_key: tuple[str, str] | None = None      # (models folder, detector) of the loaded net
+        self.embedder: Any = None                          # the loaded identity model (vspbfr_core.identity)
+        self._embedder_key: tuple[str, str] | None = None  # (name, models folder) of the loaded identity model
         self._lock = threading.RLock()
 
     def name(self) -> str:
@@ -393,6 +495,49 @@ class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
                 f"- or copy the files into that folder by hand (the detector may also be in {gfpgan_models_dir()}). "
                 "Nothing is downloaded automatically; faces are not restored until the files are there.")
 
+    # -- the identity model ------------------------------------------------------------------------
+
+    def identity_missing(self, embedder: str | None = None, reason: str = "identity scoring") -> str | None:
+        """Why identity model ``embedder`` (default: the setting) cannot load, or None (no torch import)."""
+        name = embedder or setting_value(SPEC_BY_FIELD["identity"])
+        if name == "arcface":
+            try:
+                core_paths.find_model_file("arcface", [self.models_dir()])
+            except ModelNotFoundError as exc:
+                return arcface_missing_message(reason, str(exc))
+            return None
+        missing = [m for m in ("dlib", "face_recognition_models") if importlib.util.find_spec(m) is None]
+        if missing:
+            return dlib_missing_message(reason, f"the Python package(s) {', '.join(missing)} are not installed.")
+        return None
+
+    def _identity_model(self, options: ResolvedOptions) -> Any:
+        """The identity model of ``options`` on the restorer's device, loaded once and kept while the identity
+        model and models folder settings stay the same (a change loads the new one on the next restore)."""
+        name = options.embedder
+        key = (name, self.models_dir() if name == "arcface" else "")
+        if self.embedder is not None and self._embedder_key == key:
+            return self.embedder
+        from vspbfr_core.identity import MissingPackageError, load_embedder
+
+        self.embedder, self._embedder_key = None, None
+        reason = identity_reason(options)
+        device = self.get_device()
+        try:
+            with host_model_load_lock():
+                embedder = load_embedder(name, dirs=[self.models_dir()], device=device)
+        except ModelNotFoundError as exc:
+            message = arcface_missing_message(reason, str(exc))
+            log.error("%s", message)
+            raise ModelNotFoundError(message) from None
+        except MissingPackageError as exc:
+            message = dlib_missing_message(reason, str(exc))
+            log.error("%s", message)
+            raise MissingPackageError(message) from None
+        log.info("VSPBFR: loaded the identity model %s on %s", name, device)
+        self.embedder, self._embedder_key = embedder, key
+        return embedder
+
     # -- loading and placement ---------------------------------------------------------------------
 
     def load_net(self) -> Any:
@@ -435,13 +580,17 @@ class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
 
         if self.net is not None:
             self.net.to(device, torch.float32)
+        if self.embedder is not None:
+            self.embedder.to(device)
 
     def release(self) -> None:
         """Drop the loaded networks (UI reload, extension unloaded)."""
         with self._lock:
-            if self.net is not None:
+            if self.net is not None or self.embedder is not None:
                 self.net = None
                 self._net_key = None
+                self.embedder = None
+                self._embedder_key = None
                 devices.torch_gc()
 
     # -- restoring ---------------------------------------------------------------------------------
@@ -451,8 +600,13 @@ class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
         image, _ = self.restore_with_info(np_image, **overrides)
         return image
 
-    def restore_with_info(self, np_image: Any, *, interruptible: bool = False, **overrides: Any) -> tuple[Any, RunInfo]:
-        """:meth:`restore` that also tells what was done; ``interruptible`` honours Interrupt/Skip (Extras, API)."""
+    def restore_with_info(self, np_image: Any, *, interruptible: bool = False, reference: Any = None,
+                          **overrides: Any) -> tuple[Any, RunInfo]:
+        """:meth:`restore` that also tells what was done; ``interruptible`` honours Interrupt/Skip (Extras, API).
+
+        ``reference``: photos of the person to restore (uint8 RGB numpy images, one or a list): turns the
+        identity features on (best-of-N chooses by them; ``only_matching`` and ``reference_mix`` need them).
+        """
         import numpy as np
 
         if not isinstance(np_image, np.ndarray) or np_image.dtype != np.uint8:
@@ -461,37 +615,103 @@ class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
         if np_image.ndim not in (2, 3) or (np_image.ndim == 3 and np_image.shape[2] not in (1, 3, 4)):
             raise InputError(f"VSPBFR restore: expected (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) gray, got shape "
                              f"{np_image.shape}")
-        options = resolve_options(overrides, pinned_seed=self.pinned_seed)
+        references = check_references(reference)
+        options = resolve_options(overrides, pinned_seed=self.pinned_seed, references=len(references))
         options.values["detector"] = self.resolve_detector(options.detector)    # the infotext names the one used
         if options.values["visibility"] == 0.0:
             run = RunInfo(0, options)
-            self.last_run = run
+            self._record(run)
             return np_image.copy(), run
         with self._lock:
             pipeline = self._pipeline(options.detector)
+            embedder = self._identity_model(options) if options.identity_on else None
             try:
-                result = self._run(pipeline, np_image, options, interruptible)
+                result = self._run(pipeline, np_image, options, interruptible, embedder, references)
             finally:
                 if getattr(shared.opts, "face_restoration_unload", False):
                     self.send_model_to(devices.cpu)
                     devices.torch_gc()
         out = (result.images[0] * 255.0).round().clamp(0, 255).byte().numpy().reshape(np_image.shape)
-        run = RunInfo(result.faces_found, options,
-                      result.detections.to_json() if result.detections is not None else [])
-        self.last_run = run
+        detections = result.detections.to_json() if result.detections is not None else []
+        if result.identity is None:
+            run = RunInfo(result.faces_found, options, detections)
+        else:
+            from vspbfr_core.identity import face_report
+
+            run = RunInfo(sum(1 for face in result.identity if face.restored), options, detections, result.identity,
+                          face_report(result.detections, result.identity, options.values["candidates"]))
+        self._record(run)
         log.info("VSPBFR: restored %d face(s) (seed %d, face detector %s)", run.faces, run.seed, options.detector)
+        if run.identity is not None:
+            log.info("VSPBFR: identity (%s, %d candidate(s)): %s", options.embedder, options.values["candidates"],
+                     run.identity_infotext().get("VSPBFR identity", "no faces"))
         return out, run
 
-    def _run(self, pipeline: Any, np_image: Any, options: ResolvedOptions, interruptible: bool) -> Any:
+    def _record(self, run: RunInfo) -> None:
+        self.last_run = run
+        if self.job_runs is not None:
+            self.job_runs.append(run)
+
+    def _run(self, pipeline: Any, np_image: Any, options: ResolvedOptions, interruptible: bool,
+             embedder: Any = None, references: list[Any] | tuple[Any, ...] = ()) -> Any:
         import numpy as np
         import torch
 
+        def as_image(array: Any) -> Any:
+            image = torch.from_numpy(np.array(array, dtype=np.uint8, copy=True)).to(torch.float32).div_(255.0)
+            return image[..., None] if image.dim() == 2 else image
+
         prepare_host_memory()
         self.send_model_to(self.get_device())
-        image = torch.from_numpy(np.array(np_image, dtype=np.uint8, copy=True)).to(torch.float32).div_(255.0)
-        if image.dim() == 2:
-            image = image[..., None]
-        return pipeline(image[None], options.restore_options(), callback=progress_callback(interruptible))
+        image = as_image(np_image)
+        callback = progress_callback(interruptible)
+        if embedder is None:                    # the plain restoration, exactly as without identity features
+            return pipeline(image[None], options.restore_options(), callback=callback)
+        reference = None
+        if references:
+            names = [f"reference {i + 1}" for i in range(len(references))]
+            reference = pipeline.make_reference([as_image(r)[None] for r in references], embedder, names=names)
+        return pipeline(image[None], options.restore_options(), callback=callback, embedder=embedder,
+                        reference=reference)
+
+
+def check_references(reference: Any) -> list[Any]:
+    """``reference`` (None, one uint8 numpy image or a list of them) as a list; InputError when malformed."""
+    import numpy as np
+
+    if reference is None:
+        return []
+    photos = [reference] if isinstance(reference, np.ndarray) else reference
+    if not isinstance(photos, (list, tuple)) or not photos:
+        raise InputError("reference: expected a photo (uint8 numpy image) or a non-empty list of photos")
+    if len(photos) > MAX_REFERENCES:
+        raise InputError(f"reference: {len(photos)} photos given; at most {MAX_REFERENCES}")
+    for i, photo in enumerate(photos):
+        if not isinstance(photo, np.ndarray) or photo.dtype != np.uint8 or photo.ndim not in (2, 3) or \
+                (photo.ndim == 3 and photo.shape[2] not in (1, 3, 4)):
+            raise InputError(f"reference {i + 1}: expected a uint8 numpy image (H, W, 3), got "
+                             f"{type(photo).__name__} {getattr(photo, 'dtype', '')} {getattr(photo, 'shape', '')}")
+    return list(photos)
+
+
+def identity_reason(options: ResolvedOptions) -> str:
+    """What asked for the identity model, for messages."""
+    if options.values["candidates"] > 1:
+        return f"best-of-N (candidates = {options.values['candidates']})"
+    if options.references:
+        return "a reference photo"
+    return "identity scoring"
+
+
+def arcface_missing_message(reason: str, detail: str) -> str:
+    return (f"VSPBFR: {reason} needs the identity model arcface (setting vspbfr_identity): {detail} Or choose the "
+            f"identity model dlib (Settings > Face restoration > 'VSPBFR identity model').")
+
+
+def dlib_missing_message(reason: str, detail: str) -> str:
+    return (f"VSPBFR: {reason} needs the identity model (vspbfr_identity = dlib): {detail} Install them into this "
+            f"webui's Python with: \"{sys.executable}\" -m pip install dlib-bin face_recognition_models "
+            f"(then restart the webui), or choose the identity model arcface.")
 
 
 def host_model_load_lock() -> Any:
@@ -591,10 +811,17 @@ def status(detector: str | None = None) -> dict[str, Any]:
     choice = detector or setting_value(SPEC_BY_FIELD["detector"])   # InputError (a VSPBFRError) names a bad setting
     used = restorer.resolve_detector(choice)
     missing = restorer.missing_files(used)
+    embedder = setting_value(SPEC_BY_FIELD["identity"])
+    candidates = setting_value(SPEC_BY_FIELD["candidates"])
+    reason = f"best-of-N (candidates = {candidates})" if candidates > 1 else "identity scoring"
+    identity_problem = restorer.identity_missing(embedder, reason)
     return {"name": NAME, "version": vspbfr_core.__version__, "host": host_name(), "models_dir": restorer.models_dir(),
             "detector": used, "detector_choice": choice, "ready": not missing, "missing": missing,
             "message": restorer.missing_weights_message(missing, choice) if missing else "",
-            "device": str(restorer.get_device()), "loaded": restorer.net is not None}
+            "device": str(restorer.get_device()), "loaded": restorer.net is not None,
+            "identity": {"model": embedder, "candidates": candidates,
+                         "ready": identity_problem is None, "message": identity_problem or "",
+                         "loaded": restorer.embedder is not None}}
 
 
 def status_html(detector: str | None = None) -> str:
@@ -604,11 +831,15 @@ def status_html(detector: str | None = None) -> str:
         info = status(None if detector in (None, DETECTOR_FROM_SETTINGS) else detector)
     except VSPBFRError as exc:
         return f"<p>{html.escape(str(exc))}</p>"
+    identity = info["identity"]
+    extra = ""
+    if identity["candidates"] > 1 and not identity["ready"]:          # best-of-N is on but cannot run
+        extra = f"<p><b>{html.escape(identity['message'])}</b></p>"
     if info["ready"]:
         how = " (auto)" if info["detector_choice"] == DETECTOR_AUTO else ""
         return (f"<p>VSPBFR weights found in {html.escape(info['models_dir'])}; face detector "
-                f"{html.escape(info['detector'])}{how}.</p>")
-    return f"<p><b>{html.escape(info['message'])}</b></p>"
+                f"{html.escape(info['detector'])}{how}.</p>{extra}")
+    return f"<p><b>{html.escape(info['message'])}</b></p>{extra}"
 
 
 #----------------------------------------------------------------------------
@@ -743,6 +974,7 @@ class VSPBFRGenerationInfo(scripts.Script):
         if restorer is None:
             return
         restorer.pinned_seed = None
+        restorer.job_runs = None
         if not getattr(p, "restore_faces", False) or shared.opts.face_restoration_model != NAME:
             return
         options = resolve_options()                 # an invalid setting raises here and again at restore time
@@ -751,12 +983,31 @@ class VSPBFRGenerationInfo(scripts.Script):
         if missing:
             log.error("%s", restorer.missing_weights_message(missing, options.detector))
             return
+        if options.identity_on:
+            problem = restorer.identity_missing(options.embedder, identity_reason(options))
+            if problem:
+                log.error("%s", problem)            # before sampling; the restore raises it again
         restorer.pinned_seed = options.seed
+        restorer.job_runs = []
         p.extra_generation_params.update(options.infotext())
+
+    def postprocess_image(self, p: Any, pp: Any, *args: Any) -> None:
+        """After "Restore faces" ran on one image (before its infotext is written): that image's identity scores."""
+        restorer = _restorer
+        if restorer is None or restorer.job_runs is None:
+            return
+        runs, restorer.job_runs = restorer.job_runs, []
+        entries = runs[-1].identity_infotext() if runs else {}
+        for key in IDENTITY_INFOTEXT_KEYS:
+            if key in entries:
+                p.extra_generation_params[key] = entries[key]
+            else:
+                p.extra_generation_params.pop(key, None)
 
     def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
         if _restorer is not None:
             _restorer.pinned_seed = None
+            _restorer.job_runs = None
 
 
 #----------------------------------------------------------------------------
@@ -848,20 +1099,36 @@ class VSPBFRPostprocessing(scripts_postprocessing.ScriptPostprocessing):
 # HTTP routes
 
 
-def _decode_image(data: Any) -> Any:
+def _decode_image(data: Any, field: str = "image", keep_alpha: bool = True) -> Any:
     from PIL import Image, UnidentifiedImageError
 
     if not isinstance(data, str) or not data:
-        raise InputError("image: expected a base64-encoded PNG, JPEG or WebP string (a data: URL is accepted)")
+        raise InputError(f"{field}: expected a base64-encoded PNG, JPEG or WebP string (a data: URL is accepted)")
     if data.startswith("data:"):
         data = data.partition(",")[2]
     try:
         image = Image.open(io.BytesIO(base64.b64decode(data, validate=False)))
         image.load()
     except (ValueError, OSError, UnidentifiedImageError) as exc:
-        raise InputError(f"image: not a readable base64-encoded image ({exc})") from None
-    keep_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+        raise InputError(f"{field}: not a readable base64-encoded image ({exc})") from None
+    keep_alpha = keep_alpha and (image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info)
     return image.convert("RGBA" if keep_alpha else "RGB")
+
+
+def _decode_references(data: Any) -> list[Any] | None:
+    """The ``reference`` field: one base64 image or a list of them -> uint8 RGB numpy images (None: absent)."""
+    import numpy as np
+
+    if data is None:
+        return None
+    items = data if isinstance(data, list) else [data]
+    if not items or (isinstance(data, list) and not all(isinstance(x, str) for x in items)):
+        raise InputError("reference: expected a base64-encoded image or a non-empty list of them (photos of the "
+                         "person whose faces to restore)")
+    if len(items) > MAX_REFERENCES:
+        raise InputError(f"reference: {len(items)} photos given; at most {MAX_REFERENCES}")
+    label = (lambda i: "reference") if not isinstance(data, list) else (lambda i: f"reference {i + 1}")
+    return [np.array(_decode_image(item, label(i), keep_alpha=False), dtype=np.uint8) for i, item in enumerate(items)]
 
 
 def _encode_png(array: Any, mode: str) -> str:
@@ -880,25 +1147,29 @@ def api_restore(payload: Any) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise HTTPException(status_code=422, detail="expected a JSON object with 'image' and optional VSPBFR options")
     try:
-        unknown = sorted(set(payload) - {"image"} - set(SPEC_BY_FIELD))
+        unknown = sorted(set(payload) - {"image", "reference"} - set(ANY_SPEC_BY_FIELD))
         if unknown:
-            raise InputError(f"unknown field(s) {', '.join(unknown)}; accepted: image, {', '.join(SPEC_BY_FIELD)}")
+            raise InputError(f"unknown field(s) {', '.join(unknown)}; accepted: image, reference, "
+                             f"{', '.join(ANY_SPEC_BY_FIELD)}")
         image = _decode_image(payload.get("image"))
+        references = _decode_references(payload.get("reference"))
         restorer = registered_restorer()
     except InputError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
     except VSPBFRError as exc:
         raise HTTPException(status_code=503, detail=str(exc)) from None
-    overrides = {k: v for k, v in payload.items() if k != "image"}
+    overrides = {k: v for k, v in payload.items() if k not in ("image", "reference")}
     from modules import call_queue
+    from vspbfr_core.identity import MissingPackageError
 
     state = shared.state
     with getattr(call_queue, "queue_lock", None) or nullcontext():
         if state is not None and hasattr(state, "begin"):
             state.begin(job="VSPBFR")
         try:
-            out, run = restorer.restore_with_info(np.array(image, dtype=np.uint8), interruptible=True, **overrides)
-        except ModelNotFoundError as exc:
+            out, run = restorer.restore_with_info(np.array(image, dtype=np.uint8), interruptible=True,
+                                                  reference=references, **overrides)
+        except (ModelNotFoundError, MissingPackageError) as exc:
             raise HTTPException(status_code=503, detail=str(exc)) from None
         except InputError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
@@ -909,8 +1180,15 @@ def api_restore(payload: Any) -> dict[str, Any]:
         finally:
             if state is not None and hasattr(state, "end"):
                 state.end()
-    return {"image": _encode_png(out, image.mode), "faces": run.faces, "seed": run.seed, "info": run.infotext(),
-            "detections": run.detections}
+    answer = {"image": _encode_png(out, image.mode), "faces": run.faces, "seed": run.seed, "info": run.infotext(),
+              "detections": run.detections}
+    if run.options.identity_on:
+        from vspbfr_core.identity import identity_summary
+
+        answer["identity"] = run.report or []
+        answer["identity_summary"] = (identity_summary(run.identity) if run.identity is not None
+                                      else "not computed (visibility 0: nothing restored)")
+    return answer
 
 
 def api_status() -> dict[str, Any]:
@@ -939,8 +1217,10 @@ def on_app_started(demo: Any, app: Any) -> None:
 
     app.add_api_route(ROUTE_RESTORE, restore_route, methods=["POST"], tags=["VSPBFR"],
                       summary="Restore the faces of one image with VSPBFR",
-                      description="Body: {image: base64, and optionally " + ", ".join(SPEC_BY_FIELD) + "}. "
-                                  "Answer: {image: base64 PNG, faces, seed, info, detections}.")
+                      description="Body: {image: base64, and optionally reference (base64 image or list), "
+                                  + ", ".join(ANY_SPEC_BY_FIELD) + "}. Answer: {image: base64 PNG, faces, seed, "
+                                  "info, detections, and with identity features on: identity (one row per face), "
+                                  "identity_summary}.")
     app.add_api_route(ROUTE_STATUS, status_route, methods=["GET"], tags=["VSPBFR"],
                       summary="VSPBFR weights, folders and device")
 

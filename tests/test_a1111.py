@@ -558,7 +558,7 @@ def test_options_api_lists_our_settings_when_modules_api_was_imported_first(tmp_
     options = client.get("/sdapi/v1/options").json()
     assert "late_option" not in options                         # the stand-in filters like the webui does
     ours = [k for k in shared.opts.data_labels if k.startswith("vspbfr_") and k != "vspbfr_status"]
-    assert len(ours) == 14 and set(ours) <= set(options)
+    assert len(ours) == 16 and set(ours) <= set(options)
     assert options["vspbfr_detector"] == "auto" and options["vspbfr_seed"] == 0
     assert client.post("/sdapi/v1/options", json={"vspbfr_prompt_mix": 0.5}).status_code == 200
     assert client.get("/sdapi/v1/options").json()["vspbfr_prompt_mix"] == 0.5
