@@ -317,10 +317,6 @@ def test_reference_and_only_matching_choose_exactly_the_matching_face(only_match
             assert np.array_equal(out[box], group[box]), f"face {k} changed"
 
 
-@pytest.mark.xfail(strict=True, reason="vspbfr_core bug: with only_matching skipping a face, "
-                   "identity.select.restore_with_identity writes the restored faces into the aligned input crops "
-                   "(_resized returns the same tensor), so the paste's keep_detail sees no change and keeps the "
-                   "original pixels")
 def test_only_matching_restores_the_matching_face(only_matching_run):
     group, boxes, response, _ = only_matching_run
     out = from_b64(response.json()["image"])

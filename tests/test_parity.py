@@ -32,7 +32,7 @@ def test_fixture_float32_smoke(name: str) -> None:
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("name", ["restoration_alone", "case_a"])
+@pytest.mark.parametrize("name", ["case_a"])      # end to end; bfloat16 convolutions are slow on CPU (minutes)
 def test_bfloat16_restored_within_documented_tolerance(name: str) -> None:
     from vspbfr_core.parity import HALF_TOLERANCE
 
