@@ -31,7 +31,7 @@ REFERENCE = ("IMAGE", {"tooltip": "Photos of the person (an IMAGE batch of one o
              "reference_mix."})
 # The all-in-one node's identity widgets, in this order after its older optional widgets: a workflow saved before
 # them keeps its widget values in place (the front end restores widgets by position) and gets these defaults, which
-# restore exactly as before (no identity network runs).  The restore node has the first two, after keep_gray.
+# restore exactly as before (no identity network runs).  The restore node has candidates, identity and reference_mix, after keep_gray, then the reference input.
 IDENTITY_WIDGETS = {"candidates": CANDIDATES, "identity": IDENTITY, "only_matching": ONLY_MATCHING,
                     "use_default_threshold": USE_DEFAULT_THRESHOLD, "match_threshold": MATCH_THRESHOLD,
                     "reference_mix": REFERENCE_MIX}

@@ -295,9 +295,10 @@ def identity_reference(handle: ModelHandle, photos: torch.Tensor, loaded: Loaded
                        callback: Any = None, extra: Sequence[Any] = ()) -> Any:
     """An IdentityReference from reference photos (IMAGE ``[K, H, W, C]``): the largest face of each, detected and
     aligned as the faces to restore; a photo without a face is an error naming it."""
+    from ..vspbfr_core.identity.base import ALIGN_SIZE
     from ..vspbfr_core.identity.select import make_reference
 
-    found = find_faces(photos, detector, selection="largest", size=handle.resolution, callback=callback,
+    found = find_faces(photos, detector, selection="largest", size=max(ALIGN_SIZE, handle.resolution), callback=callback,
                        extra=[handle.patcher, *loaded.patchers, *extra])
     missing = sorted(set(range(photos.shape[0])) - set(found.detections.image_index.tolist()))
     if missing:
@@ -439,12 +440,19 @@ def restore_crops(handle: ModelHandle, crops: torch.Tensor, *, seed: int, fideli
     """Aligned crops IMAGE ``[F, S, S, C]`` -> restored crops IMAGE ``[F, R, R, 3]`` (R: the model's resolution).
 
     ``keep_gray``: a crop whose channels are equal (a grayscale photo: ComfyUI's LoadImage gives it as RGB) is
-    restored in gray (see :class:`vspbfr_core.pipeline.RestoreOptions`).  ``identity``: best-of-N candidates
-    (reference photos need the all-in-one node, which can detect their faces)."""
-    if identity is not None and identity.reference is not None:
-        raise InputError("restore: reference photos need the all-in-one node (it detects their faces)")
+    restored in gray (see :class:`vspbfr_core.pipeline.RestoreOptions`).  ``identity``: best-of-N candidates, and
+    reference photos (their largest face found by the ``auto`` detector) as the candidates' target and for the
+    reference mix."""
+    job = None
+    if identity is not None and identity.reference is not None and not _placeholder(crops):
+        _check_handle(handle)
+        job = IdentityJob(identity, get_embedder(identity.embedder))
+        loaded = get_detector(DETECTOR_AUTO)
+        job.reference = identity_reference(handle, identity.reference, job.loaded, loaded.name, callback,
+                                           [loaded.patcher, *extra])
     restored, _ = _restore_crops(handle, crops, seed=seed, fidelity=fidelity, bank_scale=bank_scale, style=style,
-                                 faces=faces, keep_gray=keep_gray, identity=identity, callback=callback, extra=extra)
+                                 faces=faces, keep_gray=keep_gray, identity=identity, job=job, callback=callback,
+                                 extra=extra)
     return restored
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import comfy_host as host
 from . import identity_ops, ops
 from .face_nodes import DETECTOR, IMAGE_INPUTS, SELECTION
-from .identity_nodes import CANDIDATES, IDENTITY, IDENTITY_WIDGETS, REFERENCE
+from .identity_nodes import CANDIDATES, IDENTITY, IDENTITY_WIDGETS, REFERENCE, REFERENCE_MIX
 
 MODEL = ("VSPBFR_MODEL", {"tooltip": "The networks from the VSPBFR Load Model node."})
 CROPS = ("IMAGE", {"tooltip": "Aligned face crops (the detect node's crops, possibly edited)."})
@@ -58,13 +58,15 @@ class VSPBFRRestoreFaces:
                              "bank_scale": BANK_SCALE},
                 "optional": {"style": ("VSPBFR_STYLE", {"tooltip": "Style prompts of these crops; computed here "
                                        "when unconnected."}), "faces": FACES, "keep_gray": KEEP_GRAY,
-                             "candidates": CANDIDATES, "identity": IDENTITY}}   # new widgets last: IDENTITY_WIDGETS
+                             "candidates": CANDIDATES, "identity": IDENTITY, "reference_mix": REFERENCE_MIX,
+                             "reference": REFERENCE}}   # new widgets last: IDENTITY_WIDGETS
 
     def restore(self, model, crops, seed, fidelity, bank_scale, style=None, faces=None, keep_gray=True, candidates=1,
-                identity="arcface"):
+                identity="arcface", reference_mix=0.0, reference=None):
         restored = ops.restore_crops(model, crops, seed=seed, fidelity=fidelity, bank_scale=bank_scale, style=style,
                                      faces=faces, keep_gray=keep_gray, callback=host.Progress(),
-                                     identity=ops.identity_settings(candidates, identity))
+                                     identity=ops.identity_settings(candidates, identity, reference_mix=reference_mix,
+                                                                    reference=reference))
         return {"ui": ops.compare_preview(crops, restored, crops=True), "result": (restored,)}
 
 

@@ -236,8 +236,9 @@ def make_reference(pipeline: VSPBFRPipeline, images: Any, embedder: FaceEmbedder
                 raise InputError(f"reference image {label}: an aligned face must be square, got "
                                  f"{rgb.shape[-1]}x{rgb.shape[-2]}")
             crop = rgb.float()
-            if crop.shape[-1] != r:
-                crop = F.interpolate(crop, size=(r, r), mode="bicubic", antialias=True,
+            size = max(ALIGN_SIZE, r)                 # the embedders' size, as for detected faces
+            if crop.shape[-1] != size:
+                crop = F.interpolate(crop, size=(size, size), mode="bicubic", antialias=crop.shape[-1] > size,
                                      align_corners=False).clamp(0, 1)
             crops.append(crop.cpu())
             boxes.append((0.0, 0.0, float(rgb.shape[-1]), float(rgb.shape[-2])))
