@@ -120,3 +120,25 @@ def test_host_tf32_setting_does_not_change_the_result() -> None:
     finally:
         cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic = saved
     assert torch.equal(on, off)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+def test_identity_best_of_n_and_only_matching_on_cuda(tiny_models_dir: Path, tmp_path: Path, dtype: torch.dtype,
+                                                      no_tf32: None) -> None:
+    """Best-of-N with a (tiny, random) ArcFace on the GPU: deterministic, one record per face, the embedder's vectors
+    on the GPU; a reference of one face with a threshold only it reaches restores that face alone."""
+    from identity_models import write_tiny_arcface
+    from vspbfr_core.identity import load_embedder
+
+    pipe = VSPBFRPipeline.from_dir(tiny_models_dir, detector="retinaface_mobile0.25").to("cuda", dtype)
+    embedder = load_embedder("arcface", file=write_tiny_arcface(tmp_path / "arcface.pth"), device="cuda")
+    with Image.open(shared_path("faces", "whole", "cf_02.png")) as im:
+        img = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)[None]
+    a = pipe(img, seed=2, candidates=3, embedder=embedder)
+    b = pipe(img, seed=2, candidates=3, embedder=embedder)
+    assert torch.equal(a.images, b.images) and len(a.identity) == 4
+    assert all(f.chosen == max(range(3), key=lambda c: (f.candidates[c]["identity"], -c)) for f in a.identity)
+    assert embedder.embed_crops(a.restored_crops[:1]).device.type == "cuda"
+    ref = pipe.make_reference(img[:, :, :330], embedder)           # the leftmost face
+    one = pipe(img, seed=2, embedder=embedder, reference=ref, only_matching=True, match_threshold=0.999)
+    assert sum(f.restored for f in one.identity) <= 1
