@@ -43,6 +43,17 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _restore_host_hints_per_module():
+    """The same at module boundaries: a module-scoped fixture that starts the A1111 stand-in sets the hints before
+    the per-test fixture below saves them, so only this one puts the defaults back for the next module."""
+    from vspbfr_core import paths
+
+    saved = paths.host_hints()
+    yield
+    paths.set_host_hints(saved)
+
+
 @pytest.fixture(autouse=True)
 def _restore_host_hints():
     """The A1111 adapter installs its own message hints (process-wide, as in a webui): undo that after each test."""
