@@ -37,6 +37,7 @@ if str(STANDIN) not in sys.path:
     sys.path.insert(0, str(STANDIN))
 
 import standin  # noqa: E402  (the stand-in folder must be on sys.path first)
+from test_a1111 import start  # noqa: E402  (a started stand-in webui with a models folder)
 
 ROUTE = "/vspbfr/v1/restore"
 ARCFACE = "recognition_arcface_ir_se50.pth"
@@ -65,17 +66,6 @@ def identity_dir(tmp_path_factory, weights_dir) -> Path:
         shutil.copy(f, folder)
     write_tiny_arcface(folder / ARCFACE)
     return folder
-
-
-def start(tmp_path: Path, weights: Path | None = None, **kwargs):
-    """A started stand-in webui whose models/VSPBFR holds a copy of ``weights``."""
-    data = tmp_path / "webui"
-    models = data / "models" / "VSPBFR"
-    models.mkdir(parents=True, exist_ok=True)
-    if weights is not None:
-        for f in weights.iterdir():
-            shutil.copy(f, models)
-    return standin.start(str(data), [str(ROOT)], **kwargs)
 
 
 def restorer():
