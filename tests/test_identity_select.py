@@ -266,3 +266,10 @@ def test_layer_specifications():
         parse_layers("fine", 6)
     with pytest.raises(InputError, match="expected a layer group"):
         parse_layers("")
+
+
+def test_restore_faces_refuses_identity_options_it_would_ignore(pipe):
+    crops = torch.rand(1, 3, 16, 16)
+    for options in (RestoreOptions(candidates=2), RestoreOptions(only_matching=True), RestoreOptions(reference_mix=0.5)):
+        with pytest.raises(InputError, match="restore_faces restores one candidate"):
+            pipe.restore_faces(crops, options=options)

@@ -515,6 +515,10 @@ class VSPBFRPipeline:
         _check_crops(crops, "restore_faces")
         _check_callback(callback, "restore_faces")
         o = resolve_options(options, where="restore_faces: options", seed=seed)
+        if o.candidates > 1 or o.only_matching or o.reference_mix > 0:
+            raise InputError("restore_faces restores one candidate per face without a reference; for candidates, "
+                             "only_matching or reference_mix call the pipeline (or restore_aligned) with embedder=... "
+                             "(vspbfr_core.identity.load_embedder)")
         n = crops.shape[0]
         keys = _face_keys(face_keys) if face_keys is not None else list(range(n))
         if len(keys) != n:
