@@ -1,0 +1,32 @@
+"""Temporal building blocks for video (issue 14): face tracks across frames and centred smoothing along time.
+
+* :mod:`.tracks`: :class:`FaceTracker` (streaming, frame by frame) and :func:`assign_tracks` (a whole clip) link
+  the faces of consecutive frames into tracks with stable ids numbered by first appearance, left to right.
+* :mod:`.smooth`: zero-phase (centred, lag-free) smoothing of a track's landmarks (:func:`smooth_landmarks`,
+  edge-preserving with outlier rejection) and of per-frame codes such as W+ (:func:`smooth_sequence`), plus
+  :class:`CenteredSmoother`, the streaming form with a fixed delay that gives the offline values exactly.
+
+Not wired into the pipeline yet.  Importing this package does not import torch; the submodules load on first
+use of a name.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FaceTracker": ".tracks", "assign_tracks": ".tracks", "solve_assignment": ".tracks", "box_iou": ".tracks",
+    "smooth_landmarks": ".smooth", "smooth_sequence": ".smooth", "CenteredSmoother": ".smooth",
+    "smoothing_radius": ".smooth",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
