@@ -10,7 +10,7 @@ window of ``radius = ceil(3 * sigma)`` frames on each side (:func:`smoothing_rad
 1. Only frames where the track is *present* take part; absent frames are skipped and the weights of the others
    renormalised.  Absent frames come back unchanged.
 2. Outlier rejection (on by default for landmarks): a frame whose value lies more than ``outlier`` away from
-   the per-coordinate median of the present frames within ``MEDIAN_RADIUS`` (2) frames of it (at least 3 of
+   (for landmarks: whose farthest point lies more than ``outlier`` face scales from) the per-coordinate median of the present frames within ``MEDIAN_RADIUS`` (2) frames of it (at least 3 of
    them) is an outlier.  It takes no part in its neighbours' windows, and its own output is the smoothed value
    of its neighbours around that median.
 3. Weights ``w_s = exp(-((s - t) / sigma)^2 / 2) * exp(-(d(x_s, x_t) / edge)^2 / 2)``: a Gaussian in time times
@@ -86,12 +86,16 @@ def _make_filter(strength: float, edge: float | None, outlier: float | None, met
     return _Filter(float(strength) * SIGMA_PER_STRENGTH, radius, edge, outlier, metric)
 
 
-def _distance(values: torch.Tensor, ref: torch.Tensor, metric: Metric) -> torch.Tensor:
-    """[n] distance of each of ``values`` [n, ...] to ``ref`` [...] (float64)."""
+def _distance(values: torch.Tensor, ref: torch.Tensor, metric: Metric, worst: bool = False) -> torch.Tensor:
+    """[n] distance of each of ``values`` [n, ...] to ``ref`` [...] (float64).
+
+    Landmarks: the mean (``worst``: the largest) distance of the points, in face scales of ``ref``.
+    """
     if metric == "landmarks":                                        # values [n, 5, 2]
         centred = ref - ref.mean(dim=0, keepdim=True)
         scale = centred.square().sum(dim=-1).mean().sqrt().clamp(min=1e-6)
-        return (values - ref).norm(dim=-1).mean(dim=-1) / scale
+        point = (values - ref).norm(dim=-1)                          # [n, 5]
+        return (point.amax(dim=-1) if worst else point.mean(dim=-1)) / scale
     return (values - ref).square().flatten(1).mean(dim=1).sqrt()
 
 
@@ -104,7 +108,7 @@ def _outlier_at(values: torch.Tensor, present: torch.Tensor, center: int, flt: _
     if pool.shape[0] < 3:
         return False, None
     median = pool.median(dim=0).values
-    far = float(_distance(values[center:center + 1], median, flt.metric)[0]) > flt.outlier
+    far = float(_distance(values[center:center + 1], median, flt.metric, worst=True)[0]) > flt.outlier
     return far, median
 
 
@@ -271,8 +275,8 @@ def smooth_landmarks(landmarks: torch.Tensor, present: torch.Tensor | None, stre
         edge: changes larger than about this many face scales (RMS distance of the points to their centroid,
             about a quarter of the box) count as real motion and are not smoothed across (default 0.2;
             ``None`` = plain Gaussian).
-        outlier: a frame farther than this many face scales from the median of its 5-frame neighbourhood is
-            replaced by its neighbours' smoothed value (default 0.75; ``None`` = off).
+        outlier: a frame with a point farther than this many face scales from the median of its 5-frame
+            neighbourhood is replaced by its neighbours' smoothed value (default 0.75; ``None`` = off).
 
     Returns:
         ``[T, 5, 2]`` of the input dtype and device.
