@@ -167,6 +167,7 @@ def test_streaming_equals_offline_exactly(landmarks, strength):
         else:
             assert got == []
         streamed += got
+        assert len(smoother._engine.values) <= 2 * smoother.delay + 2     # a bounded buffer, not the whole clip
     streamed += smoother.flush()
     assert smoother.flush() == []
     assert len(streamed) == t

@@ -146,12 +146,13 @@ class _Engine:
         self.values: list[torch.Tensor | None] = []      # float64 frames (None = absent)
         self.raw: list[torch.Tensor | None] = []         # the frames as given
         self.present: list[bool] = []
-        self.flags: list[bool] = []                      # outlier flag of each frame, once known
-        self.medians: list[torch.Tensor | None] = []
+        self.flags: list[bool] = []                      # outlier flag of each kept frame, once known
+        self.medians: list[torch.Tensor | None] = []     # the median of each flagged frame (its reference)
         self.emitted = 0
         self.ended = False
         self.shape: tuple[int, ...] | None = None
-        self.base = 0                                    # absolute index of values[0] (old frames are dropped)
+        self.base = 0                                    # absolute index of values[0] and flags[0] (old frames
+                                                         # are dropped, so a long clip keeps a bounded buffer)
 
     def push(self, value: torch.Tensor | None, present: bool) -> None:
         if present:
@@ -180,6 +181,11 @@ class _Engine:
     def total(self) -> int:
         return self.base + len(self.values)
 
+    @property
+    def flagged(self) -> int:
+        """Absolute index of the first frame whose outlier flag is not known yet."""
+        return self.base + len(self.flags)
+
     def _window(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Stacked float64 values [hi - lo, ...] (absent frames as zeros) and presence of absolute [lo, hi)."""
         assert self.shape is not None
@@ -192,8 +198,8 @@ class _Engine:
     def _advance(self) -> None:
         rm = self.flt.median_radius
         total = self.total
-        while len(self.flags) < total and (self.ended or len(self.flags) + rm < total):   # outlier flags
-            s = len(self.flags)
+        while self.flagged < total and (self.ended or self.flagged + rm < total):   # outlier flags
+            s = self.flagged
             flag, median = False, None
             if self.present[s - self.base] and rm > 0:
                 lo, hi = max(0, s - rm), min(total, s + rm + 1)
@@ -206,7 +212,7 @@ class _Engine:
         """Outputs of the next frames that can be computed now, in order (absent frames as given)."""
         out: list[torch.Tensor | None] = []
         r = self.flt.radius
-        while self.emitted < len(self.flags) and (self.ended or self.emitted + r < len(self.flags)):
+        while self.emitted < self.flagged and (self.ended or self.emitted + r < self.flagged):
             t = self.emitted
             out.append(self._output(t))
             self.emitted += 1
@@ -219,8 +225,8 @@ class _Engine:
             return raw
         lo, hi = max(0, t - self.flt.radius), min(self.total, t + self.flt.radius + 1)
         vals, pres = self._window(lo, hi)
-        use = pres & ~torch.tensor(self.flags[lo:hi], dtype=torch.bool)
-        median = self.medians[t]
+        use = pres & ~torch.tensor(self.flags[lo - self.base:hi - self.base], dtype=torch.bool)
+        median = self.medians[t - self.base]
         ref = median if median is not None else vals[t - lo]
         return _smooth_at(vals, use, t - lo, ref, self.flt).to(raw.device, raw.dtype)
 
@@ -228,7 +234,7 @@ class _Engine:
         keep_from = max(0, self.emitted - self.flt.delay - 1)
         if keep_from > self.base:
             cut = keep_from - self.base
-            del self.values[:cut], self.raw[:cut], self.present[:cut]
+            del self.values[:cut], self.raw[:cut], self.present[:cut], self.flags[:cut], self.medians[:cut]
             self.base = keep_from
 
 
