@@ -249,7 +249,6 @@ def test_audio_cut_at_the_end_of_the_video(tmp_path: Path, clip: Path) -> None:
     out = tmp_path / "short.mkv"
     with media.VideoWriter(out, FPS, W, H, audio_from=clip) as w:
         w.write(_pattern(5))
-    _, seconds = _audio_info(out) if False else (None, None)
     with av.open(str(out)) as c:
         a = c.streams.audio[0]
         ends = [float((p.pts + p.duration) * p.time_base) for p in c.demux(a) if p.size]
@@ -356,3 +355,17 @@ def test_sequence_errors(tmp_path: Path) -> None:
     for names in (["a.png"], ["../x.png", "b.png"], ["a.png", "a.png"], [".a.png", "b.png"]):
         with pytest.raises(InputError, match="write_sequence"):
             media.write_sequence(tmp_path / "w", torch.rand(2, 4, 4, 3), names)
+
+
+def test_atomic_output(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "x.bin"
+    with pytest.raises(RuntimeError):
+        with imagefile.atomic_output(target) as f:
+            f.write(b"half")
+            raise RuntimeError("stop")
+    assert not target.exists()
+    _no_part_files(target.parent)
+    with imagefile.atomic_output(target) as f:
+        f.write(b"whole")
+    assert target.read_bytes() == b"whole"
+    _no_part_files(target.parent)

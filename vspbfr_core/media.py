@@ -19,6 +19,10 @@ Reading a video (:func:`open_video`):
 * A file that breaks mid-stream (corrupt or truncated): the windows already yielded stay with the caller, the
   frames of the window being filled are dropped, and an ``InputError`` names the frame index where decoding failed.
   A stream that ends before the frame count its header records is treated the same way ("truncated").
+  Damage that FFmpeg's decoder conceals without reporting it (garbled bytes inside a frame's data) cannot be
+  detected here: such frames come out with visible artefacts, not as an error.
+* Colours: frames are converted to RGB by FFmpeg's scaler (``to_ndarray(format="rgb24")``); 8 bits per channel
+  (10-bit sources are reduced to 8 bits).
 
 Writing a video (:class:`VideoWriter`):
 
