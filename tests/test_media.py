@@ -156,6 +156,15 @@ def test_audio_only_file(tmp_path: Path) -> None:
         media.open_video(path)
 
 
+def test_unsupported_codec(tmp_path: Path) -> None:
+    data = _make_clip(tmp_path / "ok.mkv", audio=False).read_bytes()
+    assert data.count(b"V_MPEG4/ISO/AVC") == 1                  # Matroska's codec id of H.264, renamed below
+    bad = tmp_path / "odd_codec.mkv"
+    bad.write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_QQQQQ/ISO/AVC"))
+    with pytest.raises(InputError, match="odd_codec.mkv.*codec is not supported"):
+        media.open_video(bad)
+
+
 def test_zero_frames(tmp_path: Path) -> None:
     path = _make_clip(tmp_path / "empty.mkv", frames=0, audio=False)
     with pytest.raises(InputError, match="empty.mkv"):
