@@ -166,9 +166,19 @@ def test_unsupported_codec(tmp_path: Path) -> None:
 
 
 def test_zero_frames(tmp_path: Path) -> None:
-    path = _make_clip(tmp_path / "empty.mkv", frames=0, audio=False)
-    with pytest.raises(InputError, match="empty.mkv"):
+    path = _make_clip(tmp_path / "empty.mkv", frames=0, audio=True)       # a video track without packets
+    with av.open(str(path)) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"]
+    with pytest.raises(InputError, match="empty.mkv: the video holds no frames"):
         media.open_video(path)
+
+
+def test_writer_refuses_zero_frames(tmp_path: Path) -> None:
+    w = media.VideoWriter(tmp_path / "none.mp4", FPS, W, H)
+    with pytest.raises(OutputError, match="no frames"):
+        w.close()
+    assert not (tmp_path / "none.mp4").exists()
+    _no_part_files(tmp_path)
 
 
 def test_corrupt_header(tmp_path: Path, clip: Path) -> None:
@@ -183,7 +193,7 @@ def test_corrupt_header(tmp_path: Path, clip: Path) -> None:
 def test_truncated_index_at_end(tmp_path: Path, clip: Path) -> None:
     bad = tmp_path / "cut.mp4"
     bad.write_bytes(clip.read_bytes()[: clip.stat().st_size * 2 // 3])      # PyAV puts the index (moov) last
-    with pytest.raises(InputError, match="cut.mp4"):
+    with pytest.raises(InputError, match="cut.mp4: not a video file, or a broken one"):
         media.open_video(bad)
 
 

@@ -371,9 +371,15 @@ class VideoWriter:
             raise
 
     def close(self) -> None:
-        """Flush the encoder, copy the rest of the audio and rename the file onto ``path``."""
+        """Flush the encoder, copy the rest of the audio and rename the file onto ``path``; a writer that got no
+        frame raises ``OutputError`` and leaves nothing (the temporary file is removed)."""
         if self._closed:
             return
+        if self.frames_written == 0:
+            error = OutputError(f"{self.path}: no frames were written; nothing is saved (a video needs at least one "
+                                "frame)")
+            self._abort(error)
+            raise error
         av = _import_av()
         try:
             for packet in self._video.encode(None):
