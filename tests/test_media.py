@@ -275,6 +275,15 @@ def test_audio_cut_at_the_end_of_the_video(tmp_path: Path, clip: Path) -> None:
     assert video_end - 0.03 < max(ends) < video_end + 0.03      # one AAC packet is 1024 / 48000 s
 
 
+def test_audio_from_a_silent_file(tmp_path: Path) -> None:
+    mute = _make_clip(tmp_path / "mute.mp4", audio=False)
+    out = tmp_path / "o.mp4"
+    with media.VideoWriter(out, FPS, W, H, audio_from=mute) as w:
+        w.write(_pattern(3))
+    r = media.open_video(out)
+    assert (r.frame_count, r.has_audio) == (3, False)
+
+
 def test_lossless_exact(tmp_path: Path) -> None:
     frames = _pattern()
     out = tmp_path / "exact.mkv"
@@ -298,7 +307,10 @@ def test_odd_size_uses_yuv444p(tmp_path: Path) -> None:
     assert (_all(r) - frames).abs().mean() < 0.02
     with av.open(str(out)) as c:
         assert c.streams.video[0].codec_context.pix_fmt == "yuv444p"
-    assert media.VideoWriter(tmp_path / "even.mp4", FPS, 64, 48).pix_fmt == "yuv420p"
+    even = media.VideoWriter(tmp_path / "even.mp4", FPS, 64, 48)
+    assert even.pix_fmt == "yuv420p"
+    even.abort()
+    _no_part_files(tmp_path)
 
 
 def test_writer_errors_leave_nothing(tmp_path: Path, clip: Path) -> None:
@@ -388,3 +400,14 @@ def test_atomic_output(tmp_path: Path) -> None:
         f.write(b"whole")
     assert target.read_bytes() == b"whole"
     _no_part_files(target.parent)
+
+
+def test_dropped_writer_leaves_nothing(tmp_path: Path) -> None:
+    import gc
+
+    w = media.VideoWriter(tmp_path / "o.mp4", FPS, W, H)
+    w.write(_pattern(2))
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    del w
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []

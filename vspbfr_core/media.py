@@ -237,7 +237,8 @@ class VideoWriter:
     ``codec`` is an FFmpeg encoder (``libx264`` by default, ``libx264rgb`` with ``pix_fmt="rgb24"`` and ``crf=0``
     for a lossless RGB file), ``crf`` its quality setting (x264/x265/VP9 ``crf``; None = the encoder's default),
     ``pix_fmt`` the stored pixel format.  Call :meth:`write` with windows of frames and :meth:`close` at the end
-    (or use ``with``); until then nothing exists at ``path``.
+    (or use ``with``); until then nothing exists at ``path``.  A writer dropped without :meth:`close` is
+    aborted when it is garbage-collected (its temporary file is removed, nothing is saved).
     """
 
     path: Path
@@ -422,6 +423,14 @@ class VideoWriter:
             self._audio_in.close()
             self._audio_in = None
         self._audio_packets = None
+
+    def __del__(self) -> None:
+        # a writer dropped without close() or abort(): remove its temporary file (nothing appears at ``path``)
+        if not getattr(self, "_closed", True) and hasattr(self, "_cm"):
+            try:
+                self._abort(None)
+            except Exception:  # noqa: BLE001 - never raise from a finaliser
+                pass
 
     def __enter__(self) -> VideoWriter:
         return self
