@@ -18,7 +18,8 @@ Reading a video (:func:`open_video`):
   packets, without decoding).  Frames before ``start`` are decoded and dropped (exact, no keyframe seeking).
 * A file that breaks mid-stream (corrupt or truncated): the windows already yielded stay with the caller, the
   frames of the window being filled are dropped, and an ``InputError`` names the frame index where decoding failed.
-  A stream that ends before the frame count its header records is treated the same way ("truncated").
+  A stream that holds fewer packets than the frame count its header records is treated the same way
+  ("truncated").
   Damage that FFmpeg's decoder conceals without reporting it (garbled bytes inside a frame's data) cannot be
   detected here: such frames come out with visible artefacts, not as an error.
 * Colours: frames are converted to RGB by FFmpeg's scaler (``to_ndarray(format="rgb24")``); 8 bits per channel
@@ -167,17 +168,20 @@ class VideoReader:
     def _decode(self, container: Any, stream: Any) -> Iterator[Any]:
         """Decoded video frames; FFmpeg errors become an ``InputError`` naming the frame index."""
         av = _import_av()
-        index = 0
+        index = packets = 0
         try:
             for packet in container.demux(stream):
+                packets += packet.size > 0
                 for frame in packet.decode():
                     yield frame
                     index += 1
         except av.FFmpegError as exc:
             raise InputError(f"{self.path}: cannot decode frame {index} (corrupt or truncated file?): {exc}") from exc
-        if self._stream_frames and index < self._stream_frames:
-            raise InputError(f"{self.path}: the video ends after {index} of the {self._stream_frames} frames its "
-                             f"header records (truncated file?): cannot decode frame {index}")
+        # fewer packets than the header records: the file was cut.  (Fewer frames than packets is not an error:
+        # an MP4 edit list may tell the decoder to drop some.)
+        if self._stream_frames and packets < self._stream_frames:
+            raise InputError(f"{self.path}: the video ends after {index} frames, its header records "
+                             f"{self._stream_frames} (truncated file?): cannot decode frame {index}")
 
     def _count_packets(self) -> int:
         """The exact frame count, by reading the packets (no decoding); for negative slice bounds."""
