@@ -132,7 +132,7 @@ def test_parse_frame_range() -> None:
     assert media.parse_frame_range(" 10 : ") == slice(10, None)
     assert media.parse_frame_range(":-1") == slice(None, -1)
     assert media.parse_frame_range(":") == slice(None, None)
-    for bad in ("a:b", "1:2:3", "5", "", "1.5:3"):
+    for bad in ("a:b", "1:2:3", "5", "", "1.5:3", None, 3):
         with pytest.raises(InputError, match="START:STOP"):
             media.parse_frame_range(bad)
 

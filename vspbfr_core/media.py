@@ -64,7 +64,8 @@ __all__ = ["open_video", "VideoReader", "VideoWriter", "parse_frame_range", "rea
 VIDEO_EXTENSIONS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm",
                     ".avi": "avi"}
 DEFAULT_WINDOW = 16                    # frames per window of frames()
-_SUBSAMPLED = re.compile(r"^(yuv|yuvj)4[12][02]p")   # yuv420p, yuv422p, yuv411p, yuv410p, yuvj420p... (10-bit too)
+# chroma-subsampled pixel formats (yuv420p, yuvj420p, yuv422p10le, nv12, ...): they need an even width and height
+_SUBSAMPLED = re.compile(r"^(yuvj?4(20|22|11|10|40)p|nv(12|21|16|20|24|42))")
 
 
 def _import_av() -> Any:
@@ -80,7 +81,7 @@ def _import_av() -> Any:
 def parse_frame_range(text: str) -> slice:
     """``"A:B"`` (``--frames``) -> ``slice(A, B)``: Python slice semantics on frame indices; either side may be
     empty (``"10:"``, ``":50"``, ``":"``) or negative (``"-30:"`` = the last 30 frames).  No step."""
-    found = re.fullmatch(r"\s*(-?\d+)?\s*:\s*(-?\d+)?\s*", text)
+    found = re.fullmatch(r"\s*(-?\d+)?\s*:\s*(-?\d+)?\s*", text) if isinstance(text, str) else None
     if found is None:
         raise InputError(f"frame range {text!r}: expected START:STOP with whole numbers, either side optional "
                          "(e.g. 0:100, 50:, :-1), as a Python slice of frame indices")
