@@ -325,6 +325,10 @@ def test_writer_errors_leave_nothing(tmp_path: Path, clip: Path) -> None:
     notes.write_text("no media here")
     with pytest.raises(InputError, match="notes.txt"):
         media.VideoWriter(out, FPS, W, H, audio_from=notes)
+    with pytest.raises(OutputError, match=r"o.webm: a .webm file cannot hold libx264 video"):
+        media.VideoWriter(tmp_path / "o.webm", FPS, W, H)                  # WebM holds VP8/VP9/AV1 only
+    with pytest.raises(OutputError, match=r"o.mp4: cannot write a .mp4 file with the libx264 encoder \(pix_fmt bgr8\)"):
+        media.VideoWriter(out, FPS, W, H, pix_fmt="bgr8")
     with pytest.raises(OutputError, match="container"):
         media.VideoWriter(tmp_path / "o.xyz", FPS, W, H)
     for fps in (0, -1, "x"):

@@ -284,7 +284,9 @@ class VideoWriter:
             try:
                 self._video = self._out.add_stream(codec, rate=self.fps)
             except (av.FFmpegError, ValueError) as exc:
-                raise InputError(f"codec {codec!r}: no such video encoder in this FFmpeg build (PyAV): {exc}") \
+                if codec not in av.codecs_available:
+                    raise InputError(f"codec {codec!r}: no such video encoder in this FFmpeg build (PyAV)") from exc
+                raise OutputError(f"{self.path}: a {self.path.suffix} file cannot hold {codec} video: {exc}") \
                     from exc
             self._video.width, self._video.height = width, height
             self._video.pix_fmt = self.pix_fmt
@@ -294,6 +296,12 @@ class VideoWriter:
                 self._video.options = {"crf": str(crf)}
             if audio_from is not None:
                 self._open_audio(av, Path(audio_from))
+            try:
+                self._out.start_encoding()          # opens the encoder and writes the header: fails here, not later
+            except (av.FFmpegError, ValueError) as exc:
+                raise OutputError(f"{self.path}: cannot write a {self.path.suffix} file with the {codec} encoder "
+                                  f"(pix_fmt {self.pix_fmt}){' and the copied audio' if self._audio_in else ''}: "
+                                  f"{exc}") from exc
         except BaseException as exc:
             self._abort(exc)
             raise
