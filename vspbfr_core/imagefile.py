@@ -42,7 +42,8 @@ import re
 import struct
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_PIXELS", "READ_FORMATS", "WRITE_FORMATS", "EXTENSION_FORMATS", "LoadedImage", "read_image",
-    "output_format", "write_image", "fit_name", "write_bytes_atomic",
+    "output_format", "write_image", "fit_name", "write_bytes_atomic", "atomic_output",
 ]
 
 MAX_PIXELS = 100_000_000                      # width * height above this is refused before decoding
@@ -300,12 +301,22 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> None:
 
 
 def _write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    with atomic_output(path) as f:
+        write(f)
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """An exclusively created temporary file in ``path``'s folder (``.vspbfr-XXXXXXXX.part``), open for binary
+    writing; renamed onto ``path`` when the ``with`` block ends normally, removed when it raises (see the module).
+    Also used by :class:`vspbfr_core.media.VideoWriter`, which writes a whole clip through one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".vspbfr-", suffix=".part", dir=path.parent)
     done = False
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            yield f
             if hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), _file_mode())
         os.replace(tmp, path)
