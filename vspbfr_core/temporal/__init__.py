@@ -6,6 +6,9 @@
   edge-preserving with outlier rejection) and of per-frame codes such as W+ (:func:`smooth_sequence`), plus
   :class:`CenteredSmoother`, the streaming form with a fixed delay that gives the offline values exactly.
 
+* :mod:`.sequence`: :func:`restore_sequence`, the per-sequence restoration driver (tracks as noise keys,
+  steady alignment, smoothed W+), streaming.
+
 Not wired into the pipeline yet.  Importing this package does not import torch; the submodules load on first
 use of a name.
 """
@@ -17,7 +20,7 @@ from typing import Any
 _EXPORTS = {
     "FaceTracker": ".tracks", "assign_tracks": ".tracks", "solve_assignment": ".tracks", "box_iou": ".tracks",
     "smooth_landmarks": ".smooth", "smooth_sequence": ".smooth", "CenteredSmoother": ".smooth",
-    "smoothing_radius": ".smooth",
+    "smoothing_radius": ".smooth", "restore_sequence": ".sequence",
 }
 
 __all__ = sorted(_EXPORTS)
