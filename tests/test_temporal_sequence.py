@@ -17,7 +17,7 @@ from conftest import shared_path
 from vspbfr_core.errors import InputError
 from vspbfr_core.pipeline import RestoreOptions, VSPBFRPipeline
 from vspbfr_core.temporal import restore_sequence
-from vspbfr_core.temporal.smooth import CenteredSmoother
+from vspbfr_core.temporal.smooth import CenteredSmoother, smooth_landmarks, smooth_sequence
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -150,43 +150,79 @@ def test_max_faces_and_selection_refer_to_tracks(pipe, scene, monkeypatch):
     assert [k for k, _ in spy.calls] == [[1], [1]]            # frame 0 has no track 1: passed through
 
 
-def jittered_detect(pipe, monkeypatch, amount: float = 2.0):
-    gen = torch.Generator().manual_seed(0)
+def jittered_detect(pipe, monkeypatch, amount: float = 2.0) -> list[int]:
+    """Detections shifted by a random offset of up to ``amount`` px per face, the same for the n-th call of every
+    run (reset the returned counter to 0 before a run)."""
+    calls = [0]
     original = pipe.detect
 
     def detect(images, options=None):
         dets = original(images, options)
+        gen = torch.Generator().manual_seed(calls[0])
+        calls[0] += 1
         offset = (torch.rand(dets.landmarks.shape[0], 1, 2, generator=gen) * 2 - 1) * amount
         return type(dets)(dets.image_index, dets.boxes + offset.repeat(1, 2, 1).flatten(1), dets.landmarks + offset,
                           dets.scores, dets.order_index, dets.num_images, dets.image_size)
     monkeypatch.setattr(pipe, "detect", detect)
+    return calls
 
 
 def test_landmark_smoothing_steadies_the_aligned_crops(pipe, scene, monkeypatch):
     clip = static_frame(scene).repeat(8, 1, 1, 1)
-    jittered_detect(pipe, monkeypatch)
+    calls = jittered_detect(pipe, monkeypatch)
     crops: list[torch.Tensor] = []
     original = pipe.align
+
+    landmarks: list[torch.Tensor] = []
 
     def align(images, dets):
         aligned = original(images, dets)
         crops.append(aligned.crops.clone())
+        landmarks.append(dets.landmarks.clone())
         return aligned
     monkeypatch.setattr(pipe, "align", align)
 
     def change(strength: float) -> float:
         crops.clear()
+        calls[0] = 0
         run(pipe, clip, smooth_alignment=strength)
         stack = torch.stack(crops)                            # [T, 2, 3, R, R]
         return float((stack[1:] - stack[:-1]).abs().mean())
-    raw, smoothed = change(0.0), change(2.0)
+    raw, raw_lms = change(0.0), torch.stack(landmarks)        # [T, 2, 5, 2] jittered detections
+    landmarks.clear()
+    smoothed = change(2.0)
     assert smoothed < 0.6 * raw, (raw, smoothed)
+    for track in (0, 1):                                      # aligned with the offline smoothed landmarks
+        expected = smooth_landmarks(raw_lms[:, track].double(), None, 2.0)
+        torch.testing.assert_close(torch.stack(landmarks)[:, track].double(), expected, rtol=0, atol=1e-4)
 
 
-def test_wplus_smoothing_changes_the_output(pipe, scene):
-    clip = pan(scene, 5)
-    plain = run(pipe, clip)
-    assert not torch.equal(run(pipe, clip, smooth_wplus=1.0), plain)
+def test_wplus_smoothing_restores_with_each_track_s_centred_smoothed_prompts(pipe, scene, monkeypatch):
+    clip = pan(scene, 6)
+    o = RestoreOptions(seed=4)
+    styles: list[tuple[list[int], torch.Tensor]] = []
+    original = pipe.restore_faces
+
+    def spy(crops, style=None, **kwargs):
+        styles.append((list(kwargs["face_keys"]), style.prompts.clone()))
+        return original(crops, style, **kwargs)
+    monkeypatch.setattr(pipe, "restore_faces", spy)
+    smoothed = run(pipe, clip, options=o, smooth_wplus=1.0)
+    assert [k for k, _ in styles] == [[0, 1]] * 6
+    # expected: per frame, the prompts of its aligned faces with the track's noise, smoothed offline per track
+    raw = []
+    for i in range(6):
+        dets = pipe.detect(clip[i:i + 1], o)
+        crops = pipe.align(clip[i:i + 1].permute(0, 3, 1, 2), dets).crops
+        raw.append(pipe.diffuse(pipe.encode(crops), pipe.noise_for([0, 1], o.seed)))
+    raw_t = torch.stack(raw)                                  # [T, 2, num_ws, w_dim]
+    got = torch.stack([p for _, p in styles])
+    for track in (0, 1):
+        expected = smooth_sequence(raw_t[:, track].float(), None, 1.0)
+        torch.testing.assert_close(got[:, track].float(), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, raw_t.to(got.dtype))       # the smoothing did something
+    monkeypatch.undo()
+    assert not torch.equal(smoothed, run(pipe, clip, options=o))
 
 
 def test_streaming_windows_of_1_and_5_give_the_same_output(pipe, scene):

@@ -24,7 +24,6 @@ a static shot), every frame equals ``pipeline(frame, options)`` byte for byte.
 """
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -38,9 +37,6 @@ from .smooth import CenteredSmoother
 from .tracks import FaceTracker
 
 __all__ = ["restore_sequence"]
-
-log = logging.getLogger(__name__)
-
 
 class _TrackSmoothers:
     """One :class:`CenteredSmoother` per track id; outputs come back as ``(frame, track id, value)``."""
@@ -204,7 +200,7 @@ class _Driver:
 
         rgb, layout = from_host(image)
         dets = self.pipe.detect(image, self.detect_options)
-        ids = self.tracker.update(dets.for_image(0) if len(dets) else dets)
+        ids = self.tracker.update(dets)
         keep = [self._selected(int(t)) for t in ids]
         dets = dets.index(torch.tensor(keep, dtype=torch.bool))
         frame = _Frame(self.read, rgb.to(self.pipe.device, torch.float32), layout, dets,
