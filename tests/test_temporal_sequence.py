@@ -298,3 +298,29 @@ def test_bad_inputs_are_clear_input_errors(pipe, scene):
         run(pipe, [frame[0]])                                  # [H, W, C]: not a batch
     with pytest.raises(InputError, match="detector"):
         restore_sequence(VSPBFRPipeline(pipe.model, None), [frame])
+
+
+def test_track_smoothers_follow_tracks_with_gaps_and_retire_them():
+    from vspbfr_core.temporal.sequence import _TrackSmoothers
+
+    values = torch.randn(9, 3, 4, generator=torch.Generator().manual_seed(0))
+    present = torch.tensor([1, 1, 0, 1, 1, 0, 0, 0, 0], dtype=torch.bool)   # absent 4 frames at the end
+    smoothers = _TrackSmoothers(1.0, False, max_gap=1)
+    out = []
+    for t in range(9):
+        frame = {0: values[t]} if present[t] else {}
+        if t >= 2:
+            frame[1] = values[t] + 1                                          # a second track from frame 2 on
+        out += smoothers.push(t, frame)
+        if t == 7:
+            assert 0 not in smoothers._items                                  # absent > max_gap + 1: retired
+    out += smoothers.flush()
+    got0 = {f: v for f, tid, v in out if tid == 0}
+    got1 = {f: v for f, tid, v in out if tid == 1}
+    assert sorted(got0) == [0, 1, 3, 4] and sorted(got1) == list(range(2, 9))
+    expected0 = smooth_sequence(values, present, 1.0)
+    expected1 = smooth_sequence(values[2:] + 1, None, 1.0)
+    for f, v in got0.items():
+        torch.testing.assert_close(v, expected0[f], rtol=0, atol=1e-6)
+    for f, v in got1.items():
+        torch.testing.assert_close(v, expected1[f - 2], rtol=0, atol=1e-6)
