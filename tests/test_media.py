@@ -275,6 +275,26 @@ def test_audio_cut_at_the_end_of_the_video(tmp_path: Path, clip: Path) -> None:
     assert video_end - 0.03 < max(ends) < video_end + 0.03      # one AAC packet is 1024 / 48000 s
 
 
+def test_audio_start_cuts_and_shifts_the_copied_audio(tmp_path: Path, clip: Path) -> None:
+    start = 4 / float(FPS)                                   # a clip cut from frame 4 (--frames 4:)
+    out = tmp_path / "cut.mkv"
+    with media.VideoWriter(out, FPS, W, H, audio_from=clip, audio_start=start) as w:
+        w.write(_pattern(5))
+    with av.open(str(out)) as c, av.open(str(clip)) as s:
+        a = c.streams.audio[0]
+        got = [(float(p.pts * p.time_base), float((p.pts + p.duration) * p.time_base), bytes(p))
+               for p in c.demux(a) if p.size]
+        src = [(float(p.pts * p.time_base), bytes(p)) for p in s.demux(s.streams.audio[0]) if p.size]
+    first_kept = next(i for i, (t, _) in enumerate(src) if t >= start)
+    assert got[0][2] == src[first_kept][1] and got[1][2] == src[first_kept + 1][1]     # copied from there on
+    assert 0 <= got[0][0] < 0.03                                 # and shifted to start at time 0
+    assert 5 / float(FPS) - 0.03 < max(e for _, e, _ in got) < 5 / float(FPS) + 0.03
+    for bad in (-1.0, float("nan"), "0"):
+        with pytest.raises(InputError, match="audio_start"):
+            media.VideoWriter(tmp_path / "bad.mkv", FPS, W, H, audio_from=clip, audio_start=bad)
+    _no_part_files(tmp_path)
+
+
 def test_audio_from_a_silent_file(tmp_path: Path) -> None:
     mute = _make_clip(tmp_path / "mute.mp4", audio=False)
     out = tmp_path / "o.mp4"

@@ -58,3 +58,8 @@ class NonFiniteError(VSPBFRError):
 class InsufficientMemoryError(VSPBFRError):
     """Work that needs more memory than the device has: refused up front with the size it needs, or an
     out-of-memory error turned into advice (lower upscale, smaller image, another device)."""
+
+
+class MissingPackageError(VSPBFRError, ImportError):
+    """An optional Python package a feature needs (an identity embedder, video files) is not installed; the message
+    says what to install."""

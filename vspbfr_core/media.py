@@ -1,7 +1,7 @@
 """Video files and image sequences: streaming frame reading and safe writing (the I/O layer of video restoration).
 
 PyAV (``pip install "vspbfr[video]"``, i.e. the ``av`` package, which brings its own FFmpeg) is imported only by
-the functions that need it; without it they raise :class:`~vspbfr_core.identity.base.MissingPackageError` naming
+the functions that need it; without it they raise :class:`~vspbfr_core.errors.MissingPackageError` naming
 that command.  Image sequences need only Pillow (through :mod:`vspbfr_core.imagefile`).
 
 Frames are float32 tensors ``[n, H, W, 3]`` in [0, 1], RGB, on the CPU.
@@ -32,7 +32,9 @@ Writing a video (:class:`VideoWriter`):
   as a context manager and the block raises, the temporary file is removed and nothing appears at the final name.
 * Constant frame rate: frame ``i`` gets the time ``i / fps`` exactly.
 * ``audio_from``: the first audio stream of that file is copied packet by packet (no re-encoding), interleaved with
-  the video, from its start, and cut at the end of the written video (packet granularity).
+  the video, from ``audio_start`` seconds (default 0: its start; for a clip cut from frame A of a video,
+  ``A / fps``), and cut at the end of the written video (packet granularity: a packet that starts before
+  ``audio_start`` is left out, and the copied packets are shifted to start at time 0).
 * Odd sizes: chroma-subsampled pixel formats (``yuv420p`` and the like) need an even width and height; when the
   size is odd such a ``pix_fmt`` is replaced by ``yuv444p`` (no subsampling, same encoder) and
   :attr:`VideoWriter.pix_fmt` says which one was used.  Nothing is padded or cropped.
@@ -51,8 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import imagefile
-from .errors import InputError, OutputError
-from .identity.base import MissingPackageError
+from .errors import InputError, MissingPackageError, OutputError
 
 if TYPE_CHECKING:
     import torch
@@ -251,8 +252,8 @@ class VideoWriter:
     frames_written: int
 
     def __init__(self, path: str | os.PathLike[str], fps: Fraction | int | float | str, width: int, height: int, *,
-                 audio_from: str | os.PathLike[str] | None = None, codec: str = "libx264", crf: int | None = 18,
-                 pix_fmt: str = "yuv420p"):
+                 audio_from: str | os.PathLike[str] | None = None, audio_start: float = 0.0, codec: str = "libx264",
+                 crf: int | None = 18, pix_fmt: str = "yuv420p"):
         av = _import_av()
         self.path = Path(path)
         fmt = VIDEO_EXTENSIONS.get(self.path.suffix.lower())
@@ -269,6 +270,10 @@ class VideoWriter:
             raise InputError(f"video size: expected positive whole numbers, got {width!r}x{height!r}")
         if width * height > imagefile.MAX_PIXELS:
             raise InputError(f"video size {width}x{height}: at most {imagefile.MAX_PIXELS:,} pixels per frame")
+        if not isinstance(audio_start, (int, float)) or isinstance(audio_start, bool) or not \
+                0 <= float(audio_start) < float("inf"):
+            raise InputError(f"audio_start: expected seconds >= 0, got {audio_start!r}")
+        self.audio_start = float(audio_start)
         self.width, self.height = width, height
         odd = width % 2 or height % 2
         self.pix_fmt = "yuv444p" if odd and _SUBSAMPLED.match(pix_fmt) else pix_fmt
@@ -341,9 +346,15 @@ class VideoWriter:
                     return
                 if packet.dts is None or packet.pts is None or packet.size == 0:
                     continue
-                if float(packet.pts * packet.time_base) >= limit:
+                start = float(packet.pts * packet.time_base)
+                if self.audio_start and start < self.audio_start:
+                    continue
+                if start - self.audio_start >= limit:
                     self._pending = packet
                     return
+                if self.audio_start:
+                    shift = round(self.audio_start / packet.time_base)
+                    packet.pts, packet.dts = packet.pts - shift, packet.dts - shift
                 packet.stream = self._audio
                 self._out.mux(packet)
         except av.FFmpegError as exc:

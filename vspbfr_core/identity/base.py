@@ -20,17 +20,13 @@ import abc
 
 import torch
 
-from ..errors import InputError, VSPBFRError
+from ..errors import InputError, MissingPackageError, VSPBFRError
 from ..image import check_bchw
 
 __all__ = ["FaceEmbedder", "MissingPackageError", "identity", "identity_matrix", "mean_embedding",
            "check_crops", "ALIGN_SIZE"]
 
 ALIGN_SIZE = 512          # embed_faces aligns faces at the pipeline's crop size before embedding them
-
-
-class MissingPackageError(VSPBFRError, ImportError):
-    """An optional Python package an identity embedder needs is not installed (the message says what to install)."""
 
 
 def check_crops(crops: torch.Tensor, name: str = "crops", min_size: int = 16) -> torch.Tensor:
