@@ -199,6 +199,11 @@ class VideoReader:
         self.frame_count, self.frame_count_exact = n, True
         return n
 
+    def count_frames(self) -> int:
+        """The exact frame count: :attr:`frame_count` when the header records it, else counted once from the
+        packets (no decoding); :attr:`frame_count` is then exact too."""
+        return self._count_packets()
+
     def frames(self, start: int | None = None, stop: int | None = None,
                window: int = DEFAULT_WINDOW) -> Iterator[torch.Tensor]:
         """Windows of at most ``window`` frames ``[n, H, W, 3]`` float32 in [0, 1] of ``frames[start:stop]``."""

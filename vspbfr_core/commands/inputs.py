@@ -56,13 +56,13 @@ def _entry_problem(path: Path) -> str | None:
     return None if stat.S_ISREG(st.st_mode) else "not a regular file"
 
 
-def _walk(folder: Path, skip: str | None, collected: Collected) -> int:
+def _walk(folder: Path, skip: str | None, collected: Collected, videos: tuple[str, ...] = ()) -> int:
     """Add the images under ``folder`` (sorted as paths) to ``collected``; returns how many were found.
 
     ``skip`` is the real path of a folder not to enter (OUT_DIR inside the input folder).
     """
     found: list[Path] = []
-    gifs = 0
+    gifs = video_files = 0
 
     def failed(exc: OSError) -> None:
         collected.failures.append((Path(exc.filename or folder), f"cannot read the folder: {exc.strerror or exc}"))
@@ -82,6 +82,7 @@ def _walk(folder: Path, skip: str | None, collected: Collected) -> int:
             suffix = os.path.splitext(name)[1].lower()
             if suffix == ".gif":
                 gifs += 1
+            video_files += suffix in videos
             if suffix not in EXTENSIONS:
                 continue
             path = Path(dirpath) / name
@@ -92,12 +93,19 @@ def _walk(folder: Path, skip: str | None, collected: Collected) -> int:
                 collected.failures.append((path, problem))
     if gifs:
         log.info("%s: %d GIF file(s) not restored (restore cannot write GIF; convert them to PNG)", folder, gifs)
+    if video_files:
+        log.warning("%s: %d video file(s) inside the folder are not restored; name them (or a pattern such as "
+                    "%s) as inputs", folder, video_files, os.path.join(str(folder), "*.mp4"))
     collected.files += [(f, f.relative_to(folder)) for f in sorted(found)]
     return len(found)
 
 
-def collect_inputs(items: list[str], out_dir: str | os.PathLike[str] | None = None) -> Collected:
-    """Files named by files, folders and globs (see the module rules); raises ``InputError`` for empty INPUTs."""
+def collect_inputs(items: list[str], out_dir: str | os.PathLike[str] | None = None,
+                   videos: tuple[str, ...] = ()) -> Collected:
+    """Files named by files, folders and globs (see the module rules); raises ``InputError`` for empty INPUTs.
+
+    ``videos``: file extensions (``.mp4``, ...) that glob patterns collect as well; folders do not collect them
+    (a warning counts them)."""
     collected = Collected()
     problems: list[str] = []
     out_real = os.path.realpath(out_dir) if out_dir is not None else None
@@ -113,7 +121,7 @@ def collect_inputs(items: list[str], out_dir: str | os.PathLike[str] | None = No
                 raise InputError(f"-o {out_dir} is the input folder {item} itself: the results would replace the "
                                  "inputs; write them to another folder (a new sub-folder is fine)")
             skip = out_real if out_real is not None and _inside(out_real, real) else None
-            if not _walk(path, skip, collected) and len(collected.failures) == before_failures:
+            if not _walk(path, skip, collected, videos) and len(collected.failures) == before_failures:
                 problems.append(f"{item} (a folder without {'/'.join(e[1:] for e in EXTENSIONS)} files)")
             continue
         if os.path.lexists(path):
@@ -127,7 +135,7 @@ def collect_inputs(items: list[str], out_dir: str | os.PathLike[str] | None = No
             base = os.path.realpath(_glob_base(item))
             skip = out_real if out_real is not None and out_real != base and _inside(out_real, base) else None
             for m in sorted(Path(m) for m in glob.glob(item, recursive=True)):
-                if m.suffix.lower() not in EXTENSIONS or os.path.isdir(m):
+                if (m.suffix.lower() not in EXTENSIONS and m.suffix.lower() not in videos) or os.path.isdir(m):
                     continue
                 if skip is not None and _inside(os.path.realpath(m), skip):
                     continue

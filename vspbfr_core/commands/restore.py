@@ -54,6 +54,7 @@ from ..imagefile import fit_name
 from .inputs import _inside, collect_inputs
 from .options import add_detector_options, add_device_option, add_selection_options
 from .restore_identity import add_identity_options, add_report_option
+from .restore_video import add_video_options
 
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 
@@ -109,6 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--upscale", metavar="X", type=number(float, low=1, high=8), default=1.0,
                    help="upscale the whole image by this factor (1..8)")
     add_identity_options(p.add_argument_group("identity (see the README, Identity)"))
+    add_video_options(p.add_argument_group("video files and frame sequences (see the README, Video)"))
     o = p.add_argument_group("extra outputs")
     o.add_argument("--save-faces", action="store_true", help="also write the aligned crops before/after to OUT_DIR/faces")
     o.add_argument("--compare", action="store_true", help="also write a side-by-side image to OUT_DIR/compare")
@@ -247,6 +249,12 @@ class OutputWriter:
     def write(self, image: Any, path: Path, src: Path, **kwargs: Any) -> None:
         from ..imagefile import write_image
 
+        self.check(path)
+        write_image(image, path, **kwargs)
+        self.record(path, src)
+
+    def check(self, path: Path) -> None:
+        """Refuse ``path`` when it leads outside OUT_DIR, is an input or was written before in this run."""
         parent = os.path.realpath(path.parent)
         if not _inside(parent, self.out_real):
             raise InputError(f"{path}: its folder leads outside {self.out_dir} (through a symbolic link); "
@@ -260,8 +268,10 @@ class OutputWriter:
         if ident is not None and ident in self.written_ids:
             raise InputError(f"{path} is the file already written for {self.written_ids[ident]} (the file "
                              "system folds the two names together): refusing to replace it")
-        write_image(image, path, **kwargs)
-        self.written[key] = src
+
+    def record(self, path: Path, src: Path) -> None:
+        """``path`` was written for ``src``: it is not replaced again in this run."""
+        self.written[os.path.normcase(os.path.join(os.path.realpath(path.parent), path.name))] = src
         ident = _entry_id(path)
         if ident is not None:
             self.written_ids[ident] = src
@@ -331,8 +341,10 @@ def _run(args: argparse.Namespace) -> int:
     from ..face.detect import parse_selection
     from ..imagefile import output_format, read_image
     from ..paths import choose_detector, resolve_models_dir
+    from ..media import VIDEO_EXTENSIONS
     from ..pipeline import RestoreOptions, VSPBFRPipeline
     from . import restore_identity as ident
+    from . import restore_video as video
 
     # everything that can be checked is checked before any model is loaded
     out_dir = check_out_dir(args.out)
@@ -347,17 +359,26 @@ def _run(args: argparse.Namespace) -> int:
     parse_selection(args.select)
     ident.check_identity_args(args)
     device = resolve_device(args.device, what="--device")
-    collected = collect_inputs(args.inputs, out_dir)
-    plans = plan_outputs(collected.files, out_dir, save_faces=args.save_faces, compare=args.compare)
-    report_path = ident.check_report_path(args.report, [src for src, _ in collected.files],
-                                          [plan.dst for plan in plans])
+    file_items, sequences = video.split_inputs(args.inputs, args.sequence)
+    collected = collect_inputs(file_items, out_dir, videos=tuple(VIDEO_EXTENSIONS))
+    videos = [(src, rel) for src, rel in collected.files if video.is_video(src)]
+    collected.files = [(src, rel) for src, rel in collected.files if not video.is_video(src)]
+    video.check_video_args(args, bool(videos or sequences), bool(collected.files))
+    jobs, video_failures = video.open_jobs(videos, sequences, out_dir, args.frames)     # PyAV needed from here on
+    collected.failures += video_failures
+    outputs = collected.files + [(job.src, job.rel) for job in jobs if job.kind == "video"]
+    for job in jobs:
+        outputs += job.frame_outputs()
+    plans = plan_outputs(outputs, out_dir, save_faces=args.save_faces, compare=args.compare)[:len(collected.files)]
+    report_path = ident.check_report_path(args.report, [src for src, _ in outputs],
+                                          [plan.dst for plan in plans] + [job.dst for job in jobs])
     references = ident.read_references(args)
     failed: list[str] = []
     for path, reason in collected.failures:
         failed.append(str(path))
         print(f"{path}: FAILED: {reason}", file=sys.stderr)
-    total = len(plans) + len(collected.failures)
-    if not plans:
+    total = len(plans) + len(jobs) + len(collected.failures)
+    if not plans and not jobs:
         print(f"done: 0/{total} files", file=sys.stderr)
         print(f"{len(failed)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
         if report_path is not None:
@@ -399,8 +420,8 @@ def _run(args: argparse.Namespace) -> int:
             report.failed(path, reason)
     run_identity = dict(embedder=embedder, reference=reference)
     writer = OutputWriter(out_dir, [src for src, _ in collected.files])
-    progress = FileProgress(len(plans))
-    faces_total = 0
+    progress = FileProgress(len(plans) + len(jobs))
+    faces_total = frames_total = 0
     t_run = time.perf_counter()
     for i, plan in enumerate(plans):
         src = plan.src
@@ -438,8 +459,33 @@ def _run(args: argparse.Namespace) -> int:
                 report.failed(src, reason)
             progress.finish_file(f"{src}: FAILED: {reason}")
             log.debug("failure details for %s", src, exc_info=True)
+    for k, job in enumerate(jobs):
+        progress.start(len(plans) + k, job.name)
+        t_file = time.perf_counter()
+        try:
+            done = video.run_job(job, pipe, options, args, writer, progress.draw, run_identity)
+            frames_total += done.frames
+            faces_total += done.faces
+            if report is not None:
+                report.add_video(job.src, job.dst, done.frames, done.faces, done.tracks if video.temporal_on(args)
+                                 else None)
+            seconds = time.perf_counter() - t_file
+            found = f"{done.faces} face(s)" + (f" in {done.tracks} track(s)" if video.temporal_on(args) else "")
+            progress.finish_file(f"{job.src}: {done.frames} frames, {found} -> {job.dst} ({seconds:.1f} s, "
+                                 f"{seconds / max(done.frames, 1):.2f} s/frame)")
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # as for images: report the video, go on with the others, exit non-zero
+            failed.append(str(job.src))
+            reason = _failure_text(exc, job.src)
+            if report is not None:
+                report.failed(job.src, reason)
+            progress.finish_file(f"{job.src}: FAILED: {reason}")
+            log.debug("failure details for %s", job.src, exc_info=True)
     elapsed = time.perf_counter() - t_run
     per_face = f"{elapsed / faces_total:.2f} s/face" if faces_total else "no faces"
+    if jobs:
+        per_face += f"; {frames_total} video frames"
     print(f"done: {total - len(failed)}/{total} files, {faces_total} faces, {elapsed:.1f} s "
           f"({per_face}; model load {load_s:.1f} s) on {device} {str(dtype).replace('torch.', '')}", file=sys.stderr)
     if report is not None:

@@ -180,6 +180,15 @@ class Report:
             rows = face_report(result.detections, result.identity, self.candidates)
         self.files.append({"input": str(src), "output": str(dst), "faces": rows})
 
+    def add_video(self, src: Path, dst: Path, frames: int, faces: int, tracks: int | None) -> None:
+        """A video or frame sequence: its frame count and, temporal, its face tracks (per-face rows are not
+        reported for videos)."""
+        entry: dict[str, Any] = {"input": str(src), "output": str(dst), "faces": [], "frames": frames,
+                                 "faces_restored": faces}
+        if tracks is not None:
+            entry["face_tracks"] = tracks
+        self.files.append(entry)
+
     def failed(self, src: Path, error: str) -> None:
         self.files.append({"input": str(src), "output": None, "faces": [], "error": error})
 

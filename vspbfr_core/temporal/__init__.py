@@ -19,7 +19,7 @@ from .._lazy import lazy_getattr
 _EXPORTS = {
     "FaceTracker": ".tracks", "assign_tracks": ".tracks", "solve_assignment": ".tracks", "box_iou": ".tracks",
     "smooth_landmarks": ".smooth", "smooth_sequence": ".smooth", "CenteredSmoother": ".smooth",
-    "smoothing_radius": ".smooth", "restore_sequence": ".sequence",
+    "smoothing_radius": ".smooth", "restore_sequence": ".sequence", "SequenceStats": ".sequence",
 }
 
 __all__ = sorted(_EXPORTS)

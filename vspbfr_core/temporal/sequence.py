@@ -36,7 +36,16 @@ from ..errors import InputError, VSPBFRError
 from .smooth import CenteredSmoother
 from .tracks import FaceTracker
 
-__all__ = ["restore_sequence"]
+__all__ = ["restore_sequence", "SequenceStats"]
+
+
+@dataclass
+class SequenceStats:
+    """What :func:`restore_sequence` did so far (pass one as ``stats=``; it is updated as frames come out)."""
+
+    frames: int = 0                    # output frames
+    faces: int = 0                     # faces restored, summed over the output frames
+    tracks: int = 0                    # face tracks found (ids handed out, before max_faces / selection)
 
 class _TrackSmoothers:
     """One :class:`CenteredSmoother` per track id; outputs come back as ``(frame, track id, value)``."""
@@ -97,7 +106,8 @@ class _Frame:
 def restore_sequence(pipeline: Any, frames: Iterable[torch.Tensor] | torch.Tensor, options: Any = None, *,
                      smooth_alignment: float = 0.0, smooth_wplus: float = 0.0, window: int = 16,
                      callback: Callable[[int, int, str], None] | None = None, total_frames: int | None = None,
-                     tracker: FaceTracker | None = None) -> Iterator[torch.Tensor]:
+                     tracker: FaceTracker | None = None, stats: SequenceStats | None = None
+                     ) -> Iterator[torch.Tensor]:
     """Restore consecutive frames; yields IMAGE batches ``[n, H, W, C]``, one output frame per input frame.
 
     Args:
@@ -114,6 +124,7 @@ def restore_sequence(pipeline: Any, frames: Iterable[torch.Tensor] | torch.Tenso
             ``total_frames`` when given, else the frames read so far.  Raise from it to interrupt.
         total_frames: the clip length, when known (progress only).
         tracker: a configured :class:`FaceTracker` (default: a fresh one with its defaults).
+        stats: a :class:`SequenceStats` to fill in (frames, faces restored, tracks) as frames come out.
     """
     from ..pipeline import resolve_options
 
@@ -141,17 +152,20 @@ def restore_sequence(pipeline: Any, frames: Iterable[torch.Tensor] | torch.Tenso
     elif isinstance(frames, (str, bytes)) or not isinstance(frames, Iterable):
         raise InputError(f"restore_sequence: frames must be an iterable of IMAGE batches [n, H, W, C], got "
                          f"{describe_value(frames)}")
+    if stats is not None and not isinstance(stats, SequenceStats):
+        raise InputError(f"restore_sequence: stats must be a SequenceStats or None, got {describe_value(stats)}")
     return _Driver(pipeline, o, smooth_alignment, smooth_wplus, window, callback, total_frames,
-                   tracker).run(frames)
+                   tracker, stats if stats is not None else SequenceStats()).run(frames)
 
 
 class _Driver:
     def __init__(self, pipe: Any, o: Any, smooth_alignment: float, smooth_wplus: float, window: int,
-                 callback: Callable[[int, int, str], None] | None, total: int | None, tracker: FaceTracker) -> None:
+                 callback: Callable[[int, int, str], None] | None, total: int | None, tracker: FaceTracker,
+                 stats: SequenceStats) -> None:
         from ..face.detect import parse_selection
 
         self.pipe, self.o, self.window, self.callback, self.total = pipe, o, window, callback, total
-        self.tracker = tracker
+        self.tracker, self.stats = tracker, stats
         chosen = parse_selection(o.selection)
         self.per_frame = chosen if chosen in ("largest", "center") else "all"
         self.track_indices = set(chosen) if isinstance(chosen, list) else None
@@ -242,6 +256,8 @@ class _Driver:
             self.pending.pop(frame.index, None)
             out.append(self._render(frame))
             self.done += 1
+            self.stats.frames, self.stats.tracks = self.done, self.tracker.num_tracks
+            self.stats.faces += len(frame.ids)
             if self.callback is not None:
                 self.callback(self.done, self.total if self.total is not None else self.read, "frame")
         return out
