@@ -145,8 +145,11 @@ def test_frame_range_cuts_the_video_and_its_audio(tiny_models_dir: Path, clip: P
 
 
 def test_no_temporal_sequence_equals_restoring_the_frames_as_images(tiny_models_dir: Path, frames_dir: Path,
-                                                                      tmp_path: Path) -> None:
-    assert run(tiny_models_dir, str(frames_dir), "-o", str(tmp_path / "images")) == 0
+                                                                      tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        assert run(tiny_models_dir, str(frames_dir), "-o", str(tmp_path / "images"), "--temporal") == 0
+    assert "--temporal applies to video files and --sequence folders only" in caplog.text
     assert run(tiny_models_dir, str(frames_dir), "-o", str(tmp_path / "seq"), "--sequence", "--no-temporal") == 0
     images, seq = digests(tmp_path / "images"), digests(tmp_path / "seq" / "shot")
     assert len(seq) == 8 and seq == images                          # byte for byte
@@ -250,6 +253,11 @@ def test_options_that_cannot_apply_to_videos(clip: Path, tmp_path: Path, capfd: 
                                              extra: list[str], message: str) -> None:
     assert main(["restore", str(clip), "-o", str(tmp_path), "--models", str(tmp_path / "none"), *extra]) == 1
     assert message in capfd.readouterr().err
+
+
+def test_a_video_output_never_replaces_its_input(clip: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    assert main(["restore", str(clip), "-o", str(clip.parent), "--models", str(clip.parent / "none")]) == 1
+    assert "refusing to overwrite inputs" in capfd.readouterr().err
 
 
 def test_bad_frame_range_and_sequence_without_a_folder(clip: Path, tmp_path: Path,

@@ -20,7 +20,7 @@ import abc
 
 import torch
 
-from ..errors import InputError, MissingPackageError, VSPBFRError
+from ..errors import InputError, MissingPackageError
 from ..image import check_bchw
 
 __all__ = ["FaceEmbedder", "MissingPackageError", "identity", "identity_matrix", "mean_embedding",
