@@ -94,6 +94,35 @@ def test_open_video_metadata(clip: Path) -> None:
     assert not media.open_video(_make_clip(clip.parent / "mute.mp4", audio=False)).has_audio
 
 
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_a_rotated_phone_video_is_read_as_it_is_shown(tmp_path: Path, degrees: int) -> None:
+    path = tmp_path / f"rot{degrees}.mp4"
+    out = av.open(str(path), "w")
+    v = out.add_stream("libx264", rate=FPS)
+    v.width, v.height, v.pix_fmt = 64, 32, "yuv444p"
+    v.set_display_rotation(degrees)                        # what a phone writes for a clip shot upright
+    coded = np.zeros((32, 64, 3), np.uint8)
+    coded[:, :16] = 255                                    # a white band on the left of the stored frame
+    for i in range(3):
+        f = av.VideoFrame.from_ndarray(coded, format="rgb24")
+        f.pts = i
+        for p in v.encode(f):
+            out.mux(p)
+    for p in v.encode(None):
+        out.mux(p)
+    out.close()
+    r = media.open_video(path)
+    assert r.rotation == degrees and (r.width, r.height) == ((32, 64) if degrees != 180 else (64, 32))
+    shown = _all(r)
+    assert shown.shape == (3, r.height, r.width, 3)
+    expected = torch.from_numpy(np.rot90(coded, degrees // 90).copy()).float() / 255   # turned counter-clockwise
+    assert (shown[0] - expected).abs().amax() < 0.1
+    with media.VideoWriter(tmp_path / "back.mkv", FPS, r.width, r.height) as w:       # written upright
+        w.write(shown)
+    back = media.open_video(tmp_path / "back.mkv")
+    assert back.rotation == 0 and (back.width, back.height) == (r.width, r.height)
+
+
 def test_windows_and_values(clip: Path) -> None:
     r = media.open_video(clip)
     windows = list(r.frames(window=5))

@@ -24,6 +24,10 @@ Reading a video (:func:`open_video`):
   detected here: such frames come out with visible artefacts, not as an error.
 * Colours: frames are converted to RGB by FFmpeg's scaler (``to_ndarray(format="rgb24")``); 8 bits per channel
   (10-bit sources are reduced to 8 bits).
+* Rotation: a file whose display matrix asks for a rotation (phone videos shot upright) is read as it is shown:
+  the frames are turned by :attr:`VideoReader.rotation` (90, 180 or 270 degrees) and ``width``/``height`` are the
+  shown size; written back, the frames are stored upright, with no rotation to apply.  Mirroring in the display
+  matrix is not applied; rotations that are not multiples of 90 degrees are refused.
 
 Writing a video (:class:`VideoWriter`):
 
@@ -120,6 +124,7 @@ class VideoReader:
     frame_count_exact: bool     # False when frame_count is estimated from the duration
     has_audio: bool             # the file holds an audio stream (VideoWriter(audio_from=...) copies the first)
     codec: str                  # the video codec's name ("h264", "ffv1", ...)
+    rotation: int               # display rotation the file asks for (0, 90, 180, 270: counter-clockwise degrees)
 
     def __init__(self, path: str | os.PathLike[str]):
         av = _import_av()
@@ -151,6 +156,22 @@ class VideoReader:
             first = next(self._decode(container, stream), None)
             if first is None:
                 raise InputError(f"{self.path}: the video holds no frames")
+            self._coded = (self.width, self.height)
+            self.rotation = self._rotation(first)
+            if self.rotation in (90, 270):
+                self.width, self.height = self.height, self.width
+
+    def _rotation(self, frame: Any) -> int:
+        """The display rotation of a decoded frame (its display matrix), as 0, 90, 180 or 270."""
+        try:
+            degrees = float(getattr(frame, "rotation", 0) or 0)
+        except (TypeError, ValueError):
+            degrees = 0.0
+        k = round(degrees / 90.0)
+        if abs(degrees - 90.0 * k) > 1.0:
+            raise InputError(f"{self.path}: the video asks to be shown rotated by {degrees:g} degrees; only "
+                             "multiples of 90 are supported (rotate it with a video editor first)")
+        return int(90 * (k % 4))
 
     def _open(self, av: Any) -> Any:
         try:
@@ -212,6 +233,8 @@ class VideoReader:
         lo, hi = _resolve(start, stop, self._count_packets)
         if hi is not None and hi <= lo:
             return
+        import numpy as np
+
         av = _import_av()
         with self._open(av) as container:
             stream = self._video_stream(container)
@@ -221,10 +244,11 @@ class VideoReader:
                     break
                 if index < lo:
                     continue
-                if frame.width != self.width or frame.height != self.height:
+                if (frame.width, frame.height) != self._coded:
                     raise InputError(f"{self.path}: frame {index} is {frame.width}x{frame.height}, the video is "
-                                     f"{self.width}x{self.height}; videos that change size are not supported")
-                batch.append(frame.to_ndarray(format="rgb24"))
+                                     f"{self._coded[0]}x{self._coded[1]}; videos that change size are not supported")
+                array = frame.to_ndarray(format="rgb24")
+                batch.append(np.rot90(array, self.rotation // 90) if self.rotation else array)
                 if len(batch) == window:
                     yield _to_frames(batch)
                     batch = []
@@ -233,8 +257,9 @@ class VideoReader:
 
     def __repr__(self) -> str:
         count = self.frame_count if self.frame_count_exact else f"~{self.frame_count}"
+        turned = f", rotation={self.rotation}" if self.rotation else ""
         return (f"VideoReader({str(self.path)!r}, {self.width}x{self.height}, {count} frames at {self.fps} fps, "
-                f"codec={self.codec}, audio={self.has_audio})")
+                f"codec={self.codec}, audio={self.has_audio}{turned})")
 
 
 def open_video(path: str | os.PathLike[str]) -> VideoReader:

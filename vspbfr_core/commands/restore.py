@@ -1,4 +1,4 @@
-"""``vspbfr restore INPUT... -o OUT_DIR``: restore every chosen face of image files.
+"""``vspbfr restore INPUT... -o OUT_DIR``: restore every chosen face of image files (and videos, see below).
 
 Inputs are files, folders (searched recursively) or glob patterns.  Each result is written under the input's file
 name (folder inputs keep their sub-folders) in the input's format; how files are read and written (formats, 16-bit
@@ -33,6 +33,9 @@ Output folder (``-o``) and output names:
 A file that fails is reported on one line (``SRC: FAILED: reason``; ``-v`` adds the traceback) and the others go
 on; the exit status is 1 when any file failed.
 
+Video files (named, or matched by a glob pattern) and ``--sequence`` folders, with the temporal options: see
+:mod:`vspbfr_core.commands.restore_video`.
+
 Identity (``--candidates``, ``--identity``, ``--reference``, ``--only-matching``, ``--match-threshold``,
 ``--reference-mix``, ``--reference-layers``) and the JSON report (``--report``): see
 :mod:`vspbfr_core.commands.restore_identity`.  Without them nothing of it loads or runs.
@@ -62,10 +65,12 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("restore", help="restore the faces in image files",
-                       description="Restore every chosen face of image files and paste them back seamlessly.",
+    p = sub.add_parser("restore", help="restore the faces in image and video files",
+                       description="Restore every chosen face of image files, video files and frame sequences and "
+                                   "paste them back seamlessly.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image or video files, folders (of images; of frames with --sequence) or glob patterns")
     p.add_argument("-o", "--out", required=True, metavar="OUT_DIR", help="output folder")
     g = p.add_argument_group("models and device")
     g.add_argument("--models", metavar="DIR", default=None,
@@ -363,7 +368,7 @@ def _run(args: argparse.Namespace) -> int:
     collected = collect_inputs(file_items, out_dir, videos=tuple(VIDEO_EXTENSIONS))
     videos = [(src, rel) for src, rel in collected.files if video.is_video(src)]
     collected.files = [(src, rel) for src, rel in collected.files if not video.is_video(src)]
-    video.check_video_args(args, bool(videos or sequences), bool(collected.files))
+    video.check_video_args(args, bool(videos or sequences))
     jobs, video_failures = video.open_jobs(videos, sequences, out_dir, args.frames)     # PyAV needed from here on
     collected.failures += video_failures
     outputs = collected.files + [(job.src, job.rel) for job in jobs if job.kind == "video"]

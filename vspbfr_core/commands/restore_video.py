@@ -124,18 +124,18 @@ def temporal_on(args: argparse.Namespace) -> bool:
     return args.temporal is not False
 
 
-def check_video_args(args: argparse.Namespace, has_video: bool, has_images: bool) -> None:
-    """Options that cannot apply to the inputs: an ``InputError`` naming them (before any model is loaded)."""
+def check_video_args(args: argparse.Namespace, has_video: bool) -> None:
+    """Options that cannot apply to the inputs: an ``InputError`` naming them (before any model is loaded); video
+    options given for images only: a warning."""
     if not has_video:
-        if args.sequence:
-            return                                     # split_inputs found the folders: not reached
         given = [flag for flag, value, default in (
             ("--frames", args.frames, None), ("--smooth-alignment", args.smooth_alignment, DEFAULT_SMOOTHING),
             ("--smooth-wplus", args.smooth_wplus, DEFAULT_SMOOTHING), ("--crf", args.crf, 18)) if value != default]
-        if given or args.temporal is not None:
+        if args.temporal is not None:
+            given.append("--temporal" if args.temporal else "--no-temporal")
+        if given:
             log.warning("%s appl%s to video files and --sequence folders only; the inputs are images, restored one "
-                        "by one", ", ".join(given + (["--temporal"] if args.temporal is not None else [])),
-                        "ies" if len(given) + (args.temporal is not None) == 1 else "y")
+                        "by one", ", ".join(given), "ies" if len(given) == 1 else "y")
         return
     unsupported = [flag for flag, on in (("--aligned", args.aligned), ("--save-faces", args.save_faces),
                                          ("--compare", args.compare)) if on]
