@@ -287,3 +287,19 @@ def test_identity_on_temporal_batches_is_refused_clearly(env, state):
     faces, crops = detect(env, clip, temporal=True)["result"][:2]
     with pytest.raises(env.errors.InputError, match="not supported on temporal batches yet"):
         env.nodes["VSPBFRRestoreFaces"].restore(env.model, crops, 3, 1.0, 1.0, None, faces, candidates=2)
+
+
+def test_progress_steps_per_face_and_cancel_between_faces(env, state, monkeypatch):
+    clip = entering(env)                                        # 6 frames, 9 faces
+    spy = KeySpy(env, monkeypatch)
+    all_in_one(env, clip, temporal=True)
+    # detection: one step per frame; then 6 units per face: encode + diffuse (pass 1), style (the smoothed codes,
+    # 2 units), feature bank and restore (pass 2), in 5 updates
+    assert state.progress[:6] == [(i, 6) for i in range(1, 7)]
+    assert state.progress[-1] == (6 * 9, 6 * 9) and len(state.progress) == 6 + 5 * 9
+    state.progress.clear()
+    spy.keys.clear()
+    state.interrupt_after = 6 + 2 * 9 + 4                       # Cancel pressed during the second face of pass 2
+    with pytest.raises(stubs.InterruptProcessingException):
+        all_in_one(env, clip, temporal=True)
+    assert len(spy.keys) == 2 and len(state.progress) == 6 + 2 * 9 + 4
