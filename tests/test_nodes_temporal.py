@@ -190,6 +190,14 @@ def test_split_graph_equals_the_all_in_one_node(env, fidelity):
     if fidelity == 1.0:        # the style node smooths too (once: the restore node does not smooth it again)
         with_style = split_graph(env, clip, fidelity=fidelity, style_node=True, temporal=True)[0]
         assert torch.equal(with_style, expected)
+        # a style prompt computed unsmoothed (faces with smooth_wplus 0) is smoothed by the restore node
+        faces, crops, _, _, source = detect(env, clip, temporal=True)["result"]
+        rough_faces = detect(env, clip, temporal=True, smooth_wplus=0.0)["result"][0]
+        (style,) = env.nodes["VSPBFRStylePrompt"].prompt(env.model, crops, 3, rough_faces)
+        assert not style.smoothed
+        restored = env.nodes["VSPBFRRestoreFaces"].restore(env.model, crops, 3, 1.0, 1.0, style, faces)["result"][0]
+        out = env.nodes["VSPBFRPasteFaces"].paste(source, faces, restored, 1.0, 50.0, "square", "none", 1.0)[0]
+        assert torch.equal(out, expected)
 
 
 def test_all_in_one_equals_restore_sequence(env):

@@ -12,8 +12,9 @@
   :class:`TrackSelection`, :func:`track_batch` (tracks, selection, smoothed landmarks) and
   :func:`smooth_track_codes` (W+ / style prompts per track).
 
-Not wired into the pipeline yet.  Importing this package does not import torch; the submodules load on first
-use of a name.
+The per-image pipeline does not use this package; :func:`restore_sequence` (streaming) and the ComfyUI nodes
+(:mod:`.batch`, a whole IMAGE batch) compose it with the pipeline's stages.  Importing this package does not
+import torch; the submodules load on first use of a name.
 """
 from __future__ import annotations
 
