@@ -311,3 +311,10 @@ def test_progress_steps_per_face_and_cancel_between_faces(env, state, monkeypatc
     with pytest.raises(stubs.InterruptProcessingException):
         all_in_one(env, clip, temporal=True)
     assert len(spy.keys) == 2 and len(state.progress) == 6 + 2 * 9 + 4
+
+
+def test_temporal_on_a_single_image_gives_the_per_image_result(env):
+    image = frame(env)                                           # one frame: nothing to track or smooth over
+    off = all_in_one(env, image)
+    on = all_in_one(env, image, temporal=True)
+    assert torch.equal(on[0], off[0]) and torch.equal(on[1], off[1]) and on[2] == off[2] == 2
