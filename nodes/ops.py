@@ -10,6 +10,15 @@ Faces are processed in slices (one face on the CPU, the pipeline's chunk elsewhe
 stage of each slice: that is where Cancel takes effect, so an interrupt stops a long batch within one face (one
 chunk on a GPU).  Seeds are per face: face ``k`` of an image uses ``make_generator(seed, k)``, whatever batch it is in.
 
+Temporal (the detect / all-in-one nodes' ``temporal`` widget, off by default): the IMAGE batch is consecutive video
+frames.  Faces are tracked (vspbfr_core.temporal.batch), the track id replaces the per-image index as the seed key,
+selection / max_faces refer to tracks, each track's landmarks are smoothed (the crops and the paste-back follow
+them) and each track's encoder W+ and (fidelity-mixed) style prompt are smoothed along the frames before the
+restoration, as vspbfr_core.temporal.restore_sequence does.  The all-in-one node then works in windows of
+:data:`TEMPORAL_WINDOW` frames (two passes: codes, then restore and paste), so its memory does not grow with the
+batch beyond the input and output IMAGE; the split graph gives the same pixels (its paste node pastes temporal faces
+window by window too).
+
 Bad inputs stop the node with a :class:`~vspbfr_core.errors.VSPBFRError` that ComfyUI shows as the node's error:
 widget values are checked (types, ranges, choices) before any model is loaded, IMAGE inputs must be float
 ``[B, H, W, C]`` in [0, 1] without NaN, the custom-socket inputs must be the pack's own objects, crops / faces / style
