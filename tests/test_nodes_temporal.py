@@ -200,7 +200,7 @@ def test_split_graph_equals_the_all_in_one_node(env, fidelity):
         assert torch.equal(out, expected)
 
 
-def test_all_in_one_equals_restore_sequence(env):
+def test_all_in_one_equals_restore_sequence(env, monkeypatch):
     from importlib import import_module
 
     core = stubs.PACK + ".vspbfr_core"
@@ -211,7 +211,12 @@ def test_all_in_one_equals_restore_sequence(env):
     expected = torch.cat(list(temporal.restore_sequence(pipe, clip, pipeline_mod.RestoreOptions(seed=3, prompt_mix=0.6),
                                                         smooth_alignment=2.0, smooth_wplus=2.0)))
     out = all_in_one(env, clip, fidelity=0.6, temporal=True)[0]
-    assert (out - expected).abs().max() <= 1e-5        # float rounding of the smoothing windows (measured 1.7e-6)
+    # the paste-back groups the warps of a batch's faces by size, so pasting 16 frames at once rounds differently
+    # from restore_sequence's frame by frame (measured 1.7e-6, far below an 8-bit step) ...
+    assert (out - expected).abs().max() <= 1e-5
+    monkeypatch.setattr(env.ops, "TEMPORAL_WINDOW", 1)
+    # ... and pasting frame by frame too, everything else (tracks, smoothing, noise, restoration) is the same
+    assert torch.equal(all_in_one(env, clip, fidelity=0.6, temporal=True)[0], expected)
 
 
 def test_selection_and_max_faces_refer_to_tracks(env, monkeypatch):
