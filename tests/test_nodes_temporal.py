@@ -323,3 +323,14 @@ def test_temporal_on_a_single_image_gives_the_per_image_result(env):
     off = all_in_one(env, image)
     on = all_in_one(env, image, temporal=True)
     assert torch.equal(on[0], off[0]) and torch.equal(on[1], off[1]) and on[2] == off[2] == 2
+
+
+def test_rgba_frames_and_upscale_split_graph_equals_all_in_one_across_windows(env, monkeypatch):
+    monkeypatch.setattr(env.ops, "TEMPORAL_WINDOW", 2)
+    clip = entering(env)[2:5]
+    rgba = torch.cat([clip, torch.linspace(0, 1, 300).expand(3, 200, 300)[..., None]], dim=-1)
+    faces, crops, _, _, source = detect(env, rgba, temporal=True)["result"]
+    restored = env.nodes["VSPBFRRestoreFaces"].restore(env.model, crops, 3, 1.0, 1.0, None, faces)["result"][0]
+    expected, mask, _ = env.nodes["VSPBFRPasteFaces"].paste(source, faces, restored, 1.0, 50.0, "square", "none", 2.0)
+    out, out_mask = all_in_one(env, rgba, temporal=True, upscale=2.0)[:2]
+    assert out.shape == (3, 400, 600, 4) and torch.equal(out, expected) and torch.equal(out_mask, mask)
