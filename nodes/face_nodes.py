@@ -13,7 +13,25 @@ DETECTOR = (list(ops.DETECTORS), {"default": "auto", "tooltip": "RetinaFace back
             "(detection_Resnet50_Final.pth first, else detection_mobilenet0.25_Final.pth). Weights are looked up in "
             "models/facedetection, models/facexlib, then models/vspbfr; never downloaded."})
 SELECTION = ("STRING", {"default": "all", "tooltip": "Which faces: all, largest, center, or face indices such as "
-             "0,2 (numbers as drawn on the detect preview, in the chosen order)."})
+             "0,2 (numbers as drawn on the detect preview, in the chosen order). Temporal on: the indices are track "
+             "ids (people numbered by first appearance, then left to right); largest / center choose per frame."})
+# Optional and last (after every older widget), so saved workflows keep loading with their values in place; the
+# defaults (temporal off) give exactly the per-image results.
+TEMPORAL_WIDGETS = {
+    "temporal": ("BOOLEAN", {"default": False, "tooltip": "Treat the IMAGE batch as consecutive video frames (what "
+                 "VHS Load Video or core Load Video outputs): faces are tracked, so a person keeps the same seed "
+                 "noise in every frame, selection / max_faces refer to tracks (numbered by first appearance, then "
+                 "left to right), and alignment and style prompts are smoothed over time. Off (default): every "
+                 "image on its own, right for single images and unrelated batches."}),
+    "smooth_alignment": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 10.0, "step": 0.1, "tooltip": "Temporal only: "
+                         "steadies each face's alignment (its five landmarks) against detector jitter; the crop and "
+                         "the paste-back follow the smoothed landmarks. Gaussian sigma in frames; centred filter "
+                         "(looks ahead as far as back), so no lag; real motion and cuts are kept; single-frame "
+                         "outliers are rejected. 0: off."}),
+    "smooth_wplus": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 10.0, "step": 0.1, "tooltip": "Temporal only: "
+                     "smooths each face's W+ code and style prompt over time (less flicker of the restored details). "
+                     "Gaussian sigma in frames; centred filter, so no lag. 0: off."}),
+}
 
 
 class VSPBFRDetectFaces:
@@ -38,19 +56,22 @@ class VSPBFRDetectFaces:
             "min_size": ("INT", {"default": 0, "min": 0, "max": 8192, "tooltip": "Ignore faces whose box is "
                                  "smaller than this many pixels on its short side (0: keep all)."}),
             "max_faces": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "At most this many faces per "
-                                  "image, the largest ones (0: no limit)."}),
+                                  "image, the largest ones (0: no limit). Temporal on: the first N people to "
+                                  "appear (tracks 0..N-1)."}),
             "selection": SELECTION,
             "order": (list(ops.ORDERS), {"default": "left-right", "tooltip": "How faces are numbered in each "
-                                         "image (the indices used by selection)."}),
+                                         "image (the indices used by selection). Not used with temporal on (faces "
+                                         "are numbered by track)."}),
             "face_size": ("INT", {"default": 512, "min": 16, "max": 2048, "step": 16, "tooltip": "Side of the "
                                   "aligned crops; 512 is the VSPBFR networks' own size."}),
-        }, "optional": dict(IMAGE_INPUTS)}
+        }, "optional": {**IMAGE_INPUTS, **TEMPORAL_WIDGETS}}
 
     def detect(self, facedetection, threshold, min_size, max_faces, selection, order, face_size,
-               image=None, latent=None, vae=None):
+               image=None, latent=None, vae=None, temporal=False, smooth_alignment=2.0, smooth_wplus=2.0):
         images = ops.input_images(image, latent, vae)
         faces = ops.find_faces(images, facedetection, threshold=threshold, min_size=min_size, max_faces=max_faces,
-                               selection=selection, order=order, size=face_size, callback=host.Progress())
+                               selection=selection, order=order, size=face_size, temporal=temporal,
+                               smooth_alignment=smooth_alignment, smooth_wplus=smooth_wplus, callback=host.Progress())
         crops, masks = ops.crops_output(faces)
         return {"ui": ops.detect_preview(images, faces), "result": (faces, crops, masks, len(faces), images)}
 

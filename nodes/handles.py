@@ -42,13 +42,23 @@ class FaceSet:
     aligned: Any                      # vspbfr_core.face.AlignedFaces (crops, affine, inverse, image_index, size)
     detector: str = ""                # the detector that found them (``auto`` resolved)
     keep: Any = field(default=None, repr=False, compare=False)   # keeps that detector loaded while this is cached
+    track_ids: list[int] | None = None    # temporal on: the track of each face (the images are video frames)
+    smooth_wplus: float = 0.0             # temporal on: W+ / style prompt smoothing the restore side applies
 
     def __len__(self) -> int:
         return len(self.detections)
 
     @property
+    def temporal(self) -> bool:
+        """Whether these faces were found with temporal on (they carry track ids)."""
+        return self.track_ids is not None
+
+    @property
     def face_keys(self) -> list[int]:
-        """Per-face seed keys: the index of each face within its own image (what the all-in-one node uses)."""
+        """Per-face seed keys: the track id of each face (temporal on: one person keeps its noise in every frame),
+        else the index of each face within its own image (what the all-in-one node uses)."""
+        if self.track_ids is not None:
+            return [int(k) for k in self.track_ids]
         return [int(k) for k in self.detections.order_index.tolist()]
 
 
@@ -59,6 +69,7 @@ class StyleSet:
     style: StylePrompts               # encoder_ws, prompts: [F, num_ws, w_dim] float32 on the CPU
     seed: int = 0
     face_keys: list[int] = field(default_factory=list)
+    smoothed: bool = False            # the codes were already smoothed per track (temporal): not smoothed again
 
     def __len__(self) -> int:
         return int(self.style.prompts.shape[0])

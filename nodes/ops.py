@@ -10,6 +10,15 @@ Faces are processed in slices (one face on the CPU, the pipeline's chunk elsewhe
 stage of each slice: that is where Cancel takes effect, so an interrupt stops a long batch within one face (one
 chunk on a GPU).  Seeds are per face: face ``k`` of an image uses ``make_generator(seed, k)``, whatever batch it is in.
 
+Temporal (the detect / all-in-one nodes' ``temporal`` widget, off by default): the IMAGE batch is consecutive video
+frames.  Faces are tracked (vspbfr_core.temporal.batch), the track id replaces the per-image index as the seed key,
+selection / max_faces refer to tracks, each track's landmarks are smoothed (the crops and the paste-back follow
+them) and each track's encoder W+ and (fidelity-mixed) style prompt are smoothed along the frames before the
+restoration, as vspbfr_core.temporal.restore_sequence does.  The all-in-one node then works in windows of
+:data:`TEMPORAL_WINDOW` frames (two passes: codes, then restore and paste), so its memory does not grow with the
+batch beyond the input and output IMAGE; the split graph gives the same pixels (its paste node pastes temporal faces
+window by window too).
+
 Bad inputs stop the node with a :class:`~vspbfr_core.errors.VSPBFRError` that ComfyUI shows as the node's error:
 widget values are checked (types, ranges, choices) before any model is loaded, IMAGE inputs must be float
 ``[B, H, W, C]`` in [0, 1] without NaN, the custom-socket inputs must be the pack's own objects, crops / faces / style
@@ -55,6 +64,9 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEFAULT_THRESHOLD = 0.97            # vspbfr_core.face.DEFAULT_THRESHOLD (FaceRestoreHelper's)
 PREVIEW_FACES = 8                   # crops shown side by side in the restore node's comparison
 EMBEDDERS = ("arcface", "dlib")     # vspbfr_core.identity.EMBEDDERS, the identity widget's choices
+DEFAULT_SMOOTHING = 2.0             # temporal smoothing strengths (Gaussian sigma in frames), as the benchmarks
+MAX_SMOOTHING = 10.0
+TEMPORAL_WINDOW = 16                # frames per pass of the all-in-one node with temporal on (bounded memory)
 
 
 class LoadedDetector:
@@ -346,12 +358,26 @@ def get_detector(name: str) -> LoadedDetector:
     return loaded
 
 
-def find_faces(images: torch.Tensor, detector: str, *, threshold: float = DEFAULT_THRESHOLD, min_size: float = 0.0,
-               max_faces: int = 0, selection: str = "all", order: str = "left-right", size: int = 512,
-               callback: Any = None, extra: Sequence[Any] = ()) -> FaceSet:
-    """Detect, select and align the faces of an IMAGE batch, one image at a time (so a frame gives the same faces
-    in any batch, and Cancel acts between frames)."""
-    from ..vspbfr_core.face import Detections, align_faces, detect_faces
+@dataclass(frozen=True)
+class TemporalSettings:
+    """The temporal widgets of the detect and all-in-one nodes, checked (``on`` False: the per-image behaviour)."""
+
+    on: bool = False
+    smooth_alignment: float = DEFAULT_SMOOTHING       # landmark smoothing, Gaussian sigma in frames (0: off)
+    smooth_wplus: float = DEFAULT_SMOOTHING           # W+ / style prompt smoothing, sigma in frames (0: off)
+
+
+def temporal_settings(temporal: bool = False, smooth_alignment: float = DEFAULT_SMOOTHING,
+                      smooth_wplus: float = DEFAULT_SMOOTHING) -> TemporalSettings:
+    """The temporal widgets -> checked :class:`TemporalSettings` (before any model is loaded)."""
+    on = check_bool(temporal, "temporal")
+    smooth_alignment = check_float(smooth_alignment, "smooth_alignment", minimum=0.0, maximum=MAX_SMOOTHING)
+    smooth_wplus = check_float(smooth_wplus, "smooth_wplus", minimum=0.0, maximum=MAX_SMOOTHING)
+    return TemporalSettings(on, smooth_alignment, smooth_wplus)
+
+
+def _check_detect_widgets(detector: str, threshold: float, min_size: float, max_faces: int, selection: str,
+                          order: str) -> tuple[float, float, int]:
     from ..vspbfr_core.face.detect import parse_selection
 
     check_choice(detector, "facedetection", DETECTORS)
@@ -363,10 +389,16 @@ def find_faces(images: torch.Tensor, detector: str, *, threshold: float = DEFAUL
                          f"got {describe_value(selection)}")
     parse_selection(selection)
     check_choice(order, "order", ORDERS)
-    size = check_int(size, "face_size", minimum=8, maximum=4096)
-    rgb, _ = from_host(images)                                  # IMAGE checks before any model is loaded
-    loaded = get_detector(detector)
-    net, patcher, detector = loaded.net, loaded.patcher, loaded.name
+    return threshold, min_size, max_faces
+
+
+def _detect_frames(images: torch.Tensor, loaded: LoadedDetector, *, threshold: float, min_size: float,
+                   max_faces: int, selection: str, order: str, callback: Any, extra: Sequence[Any]) -> Any:
+    """Detections of an IMAGE batch, one image at a time (so a frame gives the same faces in any batch, and Cancel
+    acts between frames)."""
+    from ..vspbfr_core.face import Detections, detect_faces
+
+    net, patcher = loaded.net, loaded.patcher
     device = host.load_models([patcher, *extra], host.memory_estimate(1, 640, torch.float32))
     if not _on_device(net, device):
         net.to(device)
@@ -379,11 +411,55 @@ def find_faces(images: torch.Tensor, detector: str, *, threshold: float = DEFAUL
     dets = Detections.concat(parts)
     if len(dets) == 0:
         log.warning("VSPBFR: no face selected in %d image(s) (detector %s, threshold %g, selection %r); they pass "
-                    "through unchanged", images.shape[0], detector, threshold, selection)
-    aligned = align_faces(rgb.float().cpu(), dets, size=size)
-    # channels-last storage: the crops IMAGE output [F, S, S, 3] is then a view of the same memory, not a copy
-    aligned = replace(aligned, crops=aligned.crops.contiguous(memory_format=torch.channels_last))
-    return FaceSet(dets, aligned, detector, keep=loaded)
+                    "through unchanged", images.shape[0], loaded.name, threshold, selection)
+    return dets
+
+
+def _track_frames(images: torch.Tensor, loaded: LoadedDetector, temporal: TemporalSettings, *, threshold: float,
+                  min_size: float, max_faces: int, selection: str, callback: Any, extra: Sequence[Any]) -> Any:
+    """Temporal on: the batch's frames detected, tracked and selected by track (vspbfr_core.temporal.batch), each
+    track's landmarks smoothed -> TrackedFaces (detections only: no crops)."""
+    from ..vspbfr_core.temporal.batch import TrackSelection, track_batch
+
+    chosen = TrackSelection.parse(selection, max_faces)
+    dets = _detect_frames(images, loaded, threshold=threshold, min_size=min_size, max_faces=0,
+                          selection=chosen.per_frame, order="left-right", callback=callback, extra=extra)
+    return track_batch(dets, selection=chosen, smooth_alignment=temporal.smooth_alignment)
+
+
+def _align_crops(rgb: torch.Tensor, dets: Any, size: int) -> Any:
+    """Aligned crops of ``rgb`` ``[B, 3, H, W]`` (CPU float) for ``dets``, stored channels-last: the crops IMAGE
+    output ``[F, S, S, 3]`` is then a view of the same memory, not a copy."""
+    from ..vspbfr_core.face import align_faces
+
+    aligned = align_faces(rgb, dets, size=size)
+    return replace(aligned, crops=aligned.crops.contiguous(memory_format=torch.channels_last))
+
+
+def find_faces(images: torch.Tensor, detector: str, *, threshold: float = DEFAULT_THRESHOLD, min_size: float = 0.0,
+               max_faces: int = 0, selection: str = "all", order: str = "left-right", size: int = 512,
+               temporal: bool = False, smooth_alignment: float = DEFAULT_SMOOTHING,
+               smooth_wplus: float = DEFAULT_SMOOTHING, callback: Any = None, extra: Sequence[Any] = ()) -> FaceSet:
+    """Detect, select and align the faces of an IMAGE batch, one image at a time.
+
+    ``temporal`` on: the batch is consecutive video frames.  Faces are tracked (ids numbered by first appearance,
+    then left to right), ``max_faces`` / index selections refer to track ids, faces are ordered by track within
+    each frame (``order`` is not used), each track's landmarks are smoothed (``smooth_alignment``), and the FaceSet
+    carries the track ids (the seed keys downstream) and ``smooth_wplus`` for the restore side."""
+    threshold, min_size, max_faces = _check_detect_widgets(detector, threshold, min_size, max_faces, selection, order)
+    size = check_int(size, "face_size", minimum=8, maximum=4096)
+    settings = temporal_settings(temporal, smooth_alignment, smooth_wplus)
+    rgb, _ = from_host(images)                                  # IMAGE checks before any model is loaded
+    loaded = get_detector(detector)
+    if settings.on:
+        tracked = _track_frames(images, loaded, settings, threshold=threshold, min_size=min_size,
+                                max_faces=max_faces, selection=selection, callback=callback, extra=extra)
+        aligned = _align_crops(rgb.float().cpu(), tracked.detections, size)
+        return FaceSet(tracked.detections, aligned, loaded.name, keep=loaded, track_ids=tracked.track_ids.tolist(),
+                       smooth_wplus=settings.smooth_wplus)
+    dets = _detect_frames(images, loaded, threshold=threshold, min_size=min_size, max_faces=max_faces,
+                          selection=selection, order=order, callback=callback, extra=extra)
+    return FaceSet(dets, _align_crops(rgb.float().cpu(), dets, size), loaded.name, keep=loaded)
 
 
 def crops_output(faces: FaceSet) -> tuple[torch.Tensor, torch.Tensor]:
@@ -424,7 +500,64 @@ def style_prompts(handle: ModelHandle, crops: torch.Tensor, seed: int, faces: Fa
         encoder_ws.append(part.encoder_ws.float().cpu())
         prompts.append(part.prompts.float().cpu())
         progress.step("style", 2 * (b - a))
-    return StyleSet(StylePrompts(torch.cat(encoder_ws), torch.cat(prompts)), seed, keys)
+    style = StylePrompts(torch.cat(encoder_ws), torch.cat(prompts))
+    if _smooths(faces):
+        return StyleSet(_smooth_style(style, faces), seed, keys, smoothed=True)
+    return StyleSet(style, seed, keys)
+
+
+def _smooths(faces: FaceSet | None) -> bool:
+    """Whether the restore side smooths W+ and style prompts per track (temporal faces, smooth_wplus > 0)."""
+    return faces is not None and faces.temporal and faces.smooth_wplus > 0
+
+
+def _smooth_codes(codes: torch.Tensor, faces: FaceSet) -> torch.Tensor:
+    """Per-face codes ``[F, ...]`` smoothed per track along the frames (faces.smooth_wplus)."""
+    from ..vspbfr_core.temporal.batch import smooth_track_codes
+
+    return smooth_track_codes(codes, faces.detections.image_index, faces.face_keys, faces.smooth_wplus)
+
+
+def _smooth_style(style: StylePrompts, faces: FaceSet) -> StylePrompts:
+    both = _smooth_codes(torch.stack([style.encoder_ws.float().cpu(), style.prompts.float().cpu()], dim=1), faces)
+    return StylePrompts(both[:, 0].to(style.encoder_ws.dtype), both[:, 1].to(style.prompts.dtype))
+
+
+def _temporal_codes(pipeline: VSPBFRPipeline, rgb: torch.Tensor, keys: list[int], options: RestoreOptions,
+                    progress: Progress) -> torch.Tensor:
+    """Pass 1 of a temporal restoration: encoder W+ and diffused style prompt of each crop ``[F, 3, S, S]`` with its
+    track's noise, the prompt mixed with the fidelity (as restore_sequence does) -> ``[F, 2, num_ws, w_dim]``
+    float32 on the CPU (``num_ws * w_dim * 4`` bytes per code: 32 KiB at 16 x 512)."""
+    out = []
+    for a, b in _slices(rgb.shape[0], host.chunk_size(pipeline.device, pipeline.chunk_size)):
+        noise = pipeline.noise_for(keys[a:b], options.seed)
+        ws = pipeline.encode(rgb[a:b])
+        progress.step("encode", b - a)
+        prompts = pipeline.diffuse(ws, noise)
+        progress.step("diffuse", b - a)
+        if options.prompt_mix != 1.0:
+            prompts = torch.lerp(ws.to(prompts.dtype), prompts, options.prompt_mix)
+        out.append(torch.stack([ws.float(), prompts.float()], dim=1).cpu())
+    return torch.cat(out)
+
+
+def _restore_slices(pipeline: VSPBFRPipeline, rgb: torch.Tensor, keys: list[int], options: RestoreOptions,
+                    mixed: StylePrompts | None, progress: Progress) -> torch.Tensor:
+    """Checked crops ``[F, 3, S, S]`` restored slice by slice (the Cancel points) -> IMAGE ``[F, R, R, 3]``."""
+    device_out = host.intermediate_device()
+    out = []
+    for a, b in _slices(rgb.shape[0], host.chunk_size(pipeline.device, pipeline.chunk_size)):
+        part = None if mixed is None else StylePrompts(mixed.encoder_ws[a:b], mixed.prompts[a:b])
+        restored, _ = pipeline.restore_faces(rgb[a:b], part, options=options, face_keys=keys[a:b], progress=progress)
+        out.append(restored.float().to(device_out))
+    return torch.cat(out).permute(0, 2, 3, 1).contiguous()
+
+
+def _refuse_identity_on_tracks(temporal: bool, settings: IdentitySettings) -> None:
+    if temporal and settings.needed:
+        raise InputError("identity (candidates > 1, a reference, only_matching) is not supported on temporal batches "
+                         "yet: turn temporal off on the detect / all-in-one node, or set candidates to 1 and "
+                         "disconnect the reference")
 
 
 def _mix(style: StylePrompts, fidelity: float) -> StylePrompts:
@@ -444,6 +577,9 @@ def restore_crops(handle: ModelHandle, crops: torch.Tensor, *, seed: int, fideli
     reference photos (their largest face found by the ``auto`` detector) as the candidates' target and for the
     reference mix."""
     job = None
+    checked = _check_faces(faces)
+    _refuse_identity_on_tracks(checked is not None and checked.temporal,
+                               identity if identity is not None else IdentitySettings())
     if identity is not None and identity.reference is not None and not _placeholder(crops):
         _check_handle(handle)
         job = IdentityJob(identity, get_embedder(identity.embedder))
@@ -468,6 +604,7 @@ def _restore_crops(handle: ModelHandle, crops: torch.Tensor, *, seed: int, fidel
                              **settings.options())
     options.validate()
     _check_faces(faces)
+    _refuse_identity_on_tracks(faces is not None and faces.temporal, settings)
     if style is not None and not isinstance(style, StyleSet):
         raise InputError(f"style: expected the VSPBFR_STYLE output of the VSPBFR W+ Style Prompt node, got "
                          f"{describe_value(style)}")
@@ -490,16 +627,17 @@ def _restore_crops(handle: ModelHandle, crops: torch.Tensor, *, seed: int, fidel
         if len(style) != count:
             raise InputError(f"restore: the style holds {len(style)} face(s) but {count} crop(s) arrived; connect "
                              "the style prompt computed from these crops")
-        mixed = _mix(style.style, fidelity)
+        smoothed = style.style if style.smoothed or not _smooths(faces) else _smooth_style(style.style, faces)
+        mixed = _mix(smoothed, fidelity)
     pipeline = _activate(handle, count, extra)
-    progress = Progress(PROGRESS_PER_FACE * count, callback)
-    out = []
-    for a, b in _slices(count, host.chunk_size(pipeline.device, pipeline.chunk_size)):
-        part = None if mixed is None else StylePrompts(mixed.encoder_ws[a:b], mixed.prompts[a:b])
-        restored, _ = pipeline.restore_faces(rgb[a:b], part, options=options, face_keys=keys[a:b], progress=progress)
-        out.append(restored.float().to(device_out))
+    two_pass = style is None and _smooths(faces)
+    progress = Progress((PROGRESS_PER_FACE + (2 if two_pass else 0)) * count, callback)
+    if two_pass:        # temporal: W+ and the mixed prompt of every face first, smoothed per track, then restore
+        codes = _smooth_codes(_temporal_codes(pipeline, rgb, keys, options, progress), faces)
+        mixed = StylePrompts(codes[:, 0].contiguous(), codes[:, 1].contiguous())   # as the all-in-one's windows
+    restored = _restore_slices(pipeline, rgb, keys, options, mixed, progress)
     host.soft_empty_cache()
-    return torch.cat(out).permute(0, 2, 3, 1).contiguous(), None
+    return restored, None
 
 
 def _restore_identity(handle: ModelHandle, rgb: torch.Tensor, keys: list[int], options: RestoreOptions,
@@ -530,7 +668,10 @@ def _restore_identity(handle: ModelHandle, rgb: torch.Tensor, keys: list[int], o
 def paste(images: torch.Tensor, faces: FaceSet, restored: torch.Tensor, *, visibility: float = 1.0,
           feather: float | None = None, mask_shape: str = "square", color_correction: str = "none",
           upscale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blend restored crops into the original IMAGE batch -> (IMAGE, MASK of the pasted area)."""
+    """Blend restored crops into the original IMAGE batch -> (IMAGE, MASK of the pasted area).
+
+    Temporal faces (video frames) are pasted :data:`TEMPORAL_WINDOW` frames at a time, as the all-in-one node
+    does, so the two give the same pixels whatever the batch length."""
     from ..vspbfr_core.face import paste_faces
 
     check_choice(color_correction, "color_correction", COLOR_CORRECTIONS)
@@ -547,6 +688,19 @@ def paste(images: torch.Tensor, faces: FaceSet, restored: torch.Tensor, *, visib
     else:
         crops = rgb.new_zeros(0, 3, faces.aligned.size, faces.aligned.size)
     _ensure_paste_memory(images, float(upscale), rgb.device)
+    frames = images.shape[0]
+    if faces.temporal and frames > TEMPORAL_WINDOW and faces.aligned.num_images == frames:
+        out = mask = None
+        for a, b in _slices(frames, TEMPORAL_WINDOW):
+            part, where = _frame_window(faces, a, b)
+            part = replace(part, aligned=_window_aligned(faces.aligned, where, a, b))
+            o, m = paste(images[a:b], part, restored[where.to(restored.device)] if count else restored,
+                         visibility=visibility, feather=feather, mask_shape=mask_shape,
+                         color_correction=color_correction, upscale=upscale)
+            if out is None:
+                out, mask = o.new_empty((frames, *o.shape[1:])), m.new_empty((frames, *m.shape[1:]))
+            out[a:b], mask[a:b] = o, m
+        return out, mask
     kwargs: dict[str, Any] = dict(visibility=visibility, mask_shape=mask_shape, upscale=upscale,
                                   color_correction=None if color_correction == "none" else color_correction)
     if feather is not None:
@@ -570,20 +724,30 @@ def _ensure_paste_memory(images: torch.Tensor, upscale: float, device: torch.dev
 def face_restore(handle: ModelHandle, images: torch.Tensor, *, detector: str, seed: int, fidelity: float = 1.0,
                  visibility: float = 1.0, selection: str = "all", only_center_face: bool = False,
                  upscale: float = 1.0, threshold: float = DEFAULT_THRESHOLD, keep_gray: bool = True,
-                 identity: IdentitySettings | None = None, callback: Any = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, int, FaceSet, list[Any] | None]:
+                 identity: IdentitySettings | None = None, temporal: TemporalSettings | None = None,
+                 callback: Any = None) -> tuple[torch.Tensor, torch.Tensor, int, FaceSet, list[Any] | None]:
     """The all-in-one node: detect, restore and paste, with crops at the model's resolution.
 
     Returns the images, the paste mask, the number of faces restored, the faces found and (identity on) each
     face's identity record; faces that ``only_matching`` leaves alone are not pasted, so their pixels stay as
-    they were."""
+    they were.  ``temporal`` on: :func:`_face_restore_frames` (bounded memory; the FaceSet returned then holds the
+    detections and track ids but no crops)."""
     _check_handle(handle)
     check_choice(detector, "facedetection", DETECTORS)
     check_bool(only_center_face, "only_center_face")
     settings = identity if identity is not None else IdentitySettings()
     RestoreOptions(seed=seed, prompt_mix=fidelity, visibility=visibility, upscale=upscale, selection=selection,
                    threshold=threshold, keep_gray=keep_gray, **settings.options()).validate()
+    if temporal is not None and not isinstance(temporal, TemporalSettings):
+        raise InputError(f"temporal: expected TemporalSettings from temporal_settings, got {describe_value(temporal)}")
+    _refuse_identity_on_tracks(temporal is not None and temporal.on, settings)
     _ensure_paste_memory(images, float(upscale), host.intermediate_device())     # before any detection work
+    if temporal is not None and temporal.on:
+        loaded = get_detector(detector)
+        handle.detector = loaded
+        return _face_restore_frames(handle, images, loaded, temporal, seed=seed, fidelity=fidelity,
+                                    visibility=visibility, selection="center" if only_center_face else selection,
+                                    upscale=upscale, threshold=threshold, keep_gray=keep_gray, callback=callback)
     # the identity network before any detection work (a missing ArcFace file is reported first)
     job = IdentityJob(settings, get_embedder(settings.embedder)) if settings.needed else None
     loaded = get_detector(detector)
@@ -608,6 +772,82 @@ def face_restore(handle: ModelHandle, images: torch.Tensor, *, detector: str, se
     return out, mask, len(pasted), faces, records
 
 
+def _frame_window(faces: FaceSet, a: int, b: int) -> tuple[FaceSet, torch.Tensor]:
+    """The faces of frames ``a..b-1`` as a FaceSet of that window (frame indices from 0; no crops yet) and their
+    positions in ``faces``."""
+    dets = faces.detections
+    where = torch.nonzero((dets.image_index >= a) & (dets.image_index < b), as_tuple=True)[0]
+    part = dets.index(where)
+    part = replace(part, image_index=part.image_index - a, num_images=b - a)
+    ids = None if faces.track_ids is None else [faces.track_ids[k] for k in where.tolist()]
+    return FaceSet(part, None, faces.detector, track_ids=ids, smooth_wplus=faces.smooth_wplus), where
+
+
+def _window_aligned(aligned: Any, where: torch.Tensor, a: int, b: int) -> Any:
+    """The AlignedFaces ``where`` (the faces of frames ``a..b-1``) as aligned from that window of frames."""
+    k = where.to(aligned.crops.device)
+    return replace(aligned, crops=aligned.crops[k], affine=aligned.affine[where.to(aligned.affine.device)],
+                   inverse=aligned.inverse[where.to(aligned.inverse.device)],
+                   image_index=aligned.image_index[where.to(aligned.image_index.device)] - a, num_images=b - a)
+
+
+def _face_restore_frames(handle: ModelHandle, images: torch.Tensor, loaded: LoadedDetector,
+                         temporal: TemporalSettings, *, seed: int, fidelity: float, visibility: float, selection: str,
+                         upscale: float, threshold: float, keep_gray: bool, callback: Any
+                         ) -> tuple[torch.Tensor, torch.Tensor, int, FaceSet, None]:
+    """The all-in-one node with temporal on, in memory that does not grow with the batch (beyond its input and
+    output IMAGE):
+
+    1. detect every frame, track, select tracks, smooth each track's landmarks: detections only (tiny);
+    2. ``smooth_wplus > 0``: per window of :data:`TEMPORAL_WINDOW` frames, align that window's faces, encode and
+       diffuse with the track noise, keep only the W+ codes (float32, CPU); smooth them per track;
+    3. per window: align again, restore (with the smoothed codes), paste into the preallocated output.
+
+    The result equals the split graph (detect with temporal on -> restore with faces -> paste) with the same
+    settings: the same functions on the same faces, one face per slice on the CPU."""
+    r = handle.resolution
+    options = RestoreOptions(seed=seed, prompt_mix=fidelity, bank_scale=1.0, keep_gray=keep_gray)
+    tracked = _track_frames(images, loaded, temporal, threshold=threshold, min_size=0.0, max_faces=0,
+                            selection=selection, callback=callback, extra=[handle.patcher])
+    faces = FaceSet(tracked.detections, None, loaded.name, keep=loaded, track_ids=tracked.track_ids.tolist(),
+                    smooth_wplus=temporal.smooth_wplus)
+    count, frames = len(faces), images.shape[0]
+    windows = _slices(frames, TEMPORAL_WINDOW)
+
+    def window_crops(a: int, b: int) -> tuple[FaceSet, torch.Tensor, torch.Tensor | None]:
+        part, where = _frame_window(faces, a, b)
+        rgb, _ = from_host(images[a:b])
+        part = replace(part, aligned=_align_crops(rgb.float().cpu(), part.detections, r))
+        crops = from_host(part.aligned.crops.permute(0, 2, 3, 1), "crops")[0] if len(part) else None
+        return part, where, crops
+
+    codes = None
+    if count:
+        pipeline = _activate(handle, count, [loaded.patcher])
+        progress = Progress((PROGRESS_PER_FACE + (2 if _smooths(faces) else 0)) * count, callback)
+        if _smooths(faces):
+            parts = []
+            for a, b in windows:
+                part, _, crops = window_crops(a, b)
+                if len(part):
+                    parts.append(_temporal_codes(pipeline, crops, part.face_keys, options, progress))
+            codes = _smooth_codes(torch.cat(parts), faces)
+    out = mask = None
+    for a, b in windows:
+        part, where, crops = window_crops(a, b)
+        restored = torch.zeros(0, r, r, 3)
+        if len(part):
+            mixed = None if codes is None else StylePrompts(codes[where, 0], codes[where, 1])
+            restored = _restore_slices(pipeline, crops, part.face_keys, options, mixed, progress)
+        frame_out, frame_mask = paste(images[a:b], part, restored, visibility=visibility, upscale=upscale)
+        if out is None:
+            out = frame_out.new_empty((frames, *frame_out.shape[1:]))
+            mask = frame_mask.new_empty((frames, *frame_mask.shape[1:]))
+        out[a:b], mask[a:b] = frame_out, frame_mask
+    host.soft_empty_cache()
+    return out, mask, count, faces, None
+
+
 def _subset(faces: FaceSet, keep: torch.Tensor) -> FaceSet:
     """The faces of ``faces`` selected by the bool mask ``keep`` [F] (for pasting only the restored ones)."""
     a = faces.aligned
@@ -622,11 +862,12 @@ def _subset(faces: FaceSet, keep: torch.Tensor) -> FaceSet:
 def detect_preview(images: torch.Tensor, faces: FaceSet) -> dict[str, list]:
     """UI data of the detect node: the first frame and its faces (boxes in image pixels, index, score)."""
     h, w = images.shape[1:3]
-    first = [f for f in faces.detections.to_json() if f["image"] == 0]
+    first = [(k, f) for k, f in enumerate(faces.detections.to_json()) if f["image"] == 0]   # temporal: track ids
     return {"vspbfr_faces": [{
         "image": host.save_preview(images[0], "vspbfr_detect"), "width": int(w), "height": int(h),
         "frames": int(images.shape[0]), "count": len(faces),
-        "faces": [{"index": f["index"], "box": f["box"], "score": f["score"]} for f in first],
+        "faces": [{"index": f["index"] if faces.track_ids is None else faces.track_ids[k], "box": f["box"],
+                   "score": f["score"]} for k, f in first],
     }]}
 
 

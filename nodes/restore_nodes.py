@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import comfy_host as host
 from . import identity_ops, ops
-from .face_nodes import DETECTOR, IMAGE_INPUTS, SELECTION
+from .face_nodes import DETECTOR, IMAGE_INPUTS, SELECTION, TEMPORAL_WIDGETS
 from .identity_nodes import CANDIDATES, IDENTITY, IDENTITY_WIDGETS, REFERENCE, REFERENCE_MIX
 
 MODEL = ("VSPBFR_MODEL", {"tooltip": "The networks from the VSPBFR Load Model node."})
@@ -13,7 +13,8 @@ SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_afte
                 "Noise seed. Each face draws from (seed, its index in its image), so a face restores the same way "
                 "in any batch; use the same seed on the style prompt and restore nodes."})
 FACES = ("VSPBFR_FACES", {"tooltip": "Optional: the detect node's faces, so each face is seeded by its index in "
-                          "its own image, exactly as the all-in-one node does."})
+                          "its own image (temporal on: by its track id, and W+ / style prompts are smoothed per "
+                          "track), exactly as the all-in-one node does."})
 FIDELITY = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Style prompt mix "
                       "(saved as 'fidelity'; NOT CodeFormer's fidelity, whose 1 means closest to the input): 1 is "
                       "the diffused visual style prompt (official VSPBFR); lower values follow the degraded face's "
@@ -73,7 +74,8 @@ class VSPBFRRestoreFaces:
 class VSPBFRFaceRestore:
     DESCRIPTION = ("One-node face restoration (detect, W+ style prompt, SMART restore, paste back) with the widgets "
                    "of facerestore_cf / ReActor. Frames without faces pass through unchanged. Optional identity: "
-                   "best-of-N candidates, reference photos of the person, restoring only that person's faces.")
+                   "best-of-N candidates, reference photos of the person, restoring only that person's faces. "
+                   "temporal: the IMAGE batch is video frames (face tracks, smoothing over time, bounded memory).")
     CATEGORY = "VSPBFR"
     RETURN_TYPES = ("IMAGE", "MASK", "INT", "LATENT", "STRING")
     RETURN_NAMES = ("image", "mask", "count", "latent", "identity")
@@ -95,18 +97,20 @@ class VSPBFRFaceRestore:
             "upscale": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 8.0, "step": 0.5,
                                   "tooltip": "Scale of the output; faces are pasted at the new scale."}),
             "seed": SEED,
-        }, "optional": {**IMAGE_INPUTS, "keep_gray": KEEP_GRAY, **IDENTITY_WIDGETS, "reference": REFERENCE},
-            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
+        }, "optional": {**IMAGE_INPUTS, "keep_gray": KEEP_GRAY, **IDENTITY_WIDGETS, "reference": REFERENCE,
+                        **TEMPORAL_WIDGETS}, "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
 
     def restore(self, model, facedetection, fidelity, visibility, only_center_face, selection, upscale, seed,
                 image=None, latent=None, vae=None, keep_gray=True, reference=None, prompt=None, unique_id=None,
+                temporal=False, smooth_alignment=2.0, smooth_wplus=2.0,
                 **identity):                        # the IDENTITY_WIDGETS, by name (ops.identity_settings)
         images = ops.input_images(image, latent, vae)
         settings = ops.identity_settings(reference=reference, **identity)
         out, mask, count, faces, records = ops.face_restore(
             model, images, detector=facedetection, seed=seed, fidelity=fidelity, visibility=visibility,
             selection=selection, upscale=upscale, only_center_face=only_center_face, keep_gray=keep_gray,
-            identity=settings, callback=host.Progress())
+            identity=settings, temporal=ops.temporal_settings(temporal, smooth_alignment, smooth_wplus),
+            callback=host.Progress())
         latent_out = ops.latent_output(vae, out, prompt, unique_id, 3)
         report = identity_ops.restore_report(faces, records, settings, images.shape[0])
         return {"ui": ops.compare_preview(images, out), "result": (out, mask, count, latent_out, report)}

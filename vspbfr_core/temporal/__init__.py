@@ -8,9 +8,13 @@
 
 * :mod:`.sequence`: :func:`restore_sequence`, the per-sequence restoration driver (tracks as noise keys,
   steady alignment, smoothed W+), streaming.
+* :mod:`.batch`: the same rules for a whole batch of frames at once (a ComfyUI IMAGE batch):
+  :class:`TrackSelection`, :func:`track_batch` (tracks, selection, smoothed landmarks) and
+  :func:`smooth_track_codes` (W+ / style prompts per track).
 
-Not wired into the pipeline yet.  Importing this package does not import torch; the submodules load on first
-use of a name.
+The per-image pipeline does not use this package; :func:`restore_sequence` (streaming) and the ComfyUI nodes
+(:mod:`.batch`, a whole IMAGE batch) compose it with the pipeline's stages.  Importing this package does not
+import torch; the submodules load on first use of a name.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ _EXPORTS = {
     "FaceTracker": ".tracks", "assign_tracks": ".tracks", "solve_assignment": ".tracks", "box_iou": ".tracks",
     "smooth_landmarks": ".smooth", "smooth_sequence": ".smooth", "CenteredSmoother": ".smooth",
     "smoothing_radius": ".smooth", "restore_sequence": ".sequence", "SequenceStats": ".sequence",
+    "TrackSelection": ".batch", "TrackedFaces": ".batch", "track_batch": ".batch", "smooth_track_codes": ".batch",
 }
 
 __all__ = sorted(_EXPORTS)

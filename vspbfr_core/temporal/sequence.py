@@ -33,6 +33,7 @@ import torch
 
 from ..checks import check_float, check_int, describe_value
 from ..errors import InputError, VSPBFRError
+from .batch import TrackSelection
 from .smooth import CenteredSmoother
 from .tracks import FaceTracker
 
@@ -162,14 +163,10 @@ class _Driver:
     def __init__(self, pipe: Any, o: Any, smooth_alignment: float, smooth_wplus: float, window: int,
                  callback: Callable[[int, int, str], None] | None, total: int | None, tracker: FaceTracker,
                  stats: SequenceStats) -> None:
-        from ..face.detect import parse_selection
-
         self.pipe, self.o, self.window, self.callback, self.total = pipe, o, window, callback, total
         self.tracker, self.stats = tracker, stats
-        chosen = parse_selection(o.selection)
-        self.per_frame = chosen if chosen in ("largest", "center") else "all"
-        self.track_indices = set(chosen) if isinstance(chosen, list) else None
-        self.detect_options = replace(o, max_faces=0, selection=self.per_frame)
+        self.selection = TrackSelection.parse(o.selection, o.max_faces)
+        self.detect_options = replace(o, max_faces=0, selection=self.selection.per_frame)
         self.lm = _TrackSmoothers(smooth_alignment, True, tracker.max_gap) if smooth_alignment > 0 else None
         self.wp = _TrackSmoothers(smooth_wplus, False, tracker.max_gap) if smooth_wplus > 0 else None
         self.lookahead = (self.lm.delay() if self.lm else 0) + (self.wp.delay() if self.wp else 0)
@@ -215,7 +212,7 @@ class _Driver:
         rgb, layout = from_host(image)
         dets = self.pipe.detect(image, self.detect_options)
         ids = self.tracker.update(dets)
-        keep = [self._selected(int(t)) for t in ids]
+        keep = [self.selection.keeps(int(t)) for t in ids]
         dets = dets.index(torch.tensor(keep, dtype=torch.bool))
         frame = _Frame(self.read, rgb.to(self.pipe.device, torch.float32), layout, dets,
                        [int(t) for t, k in zip(ids, keep) if k])
@@ -225,11 +222,6 @@ class _Driver:
             self.pending[frame.index] = frame
             self._deliver(self.lm.push(frame.index, dict(zip(frame.ids, dets.landmarks))), "landmarks")
         return self._advance(final=False)
-
-    def _selected(self, track_id: int) -> bool:
-        if self.o.max_faces and track_id >= self.o.max_faces:
-            return False
-        return self.track_indices is None or track_id in self.track_indices
 
     def _deliver(self, outputs: list[tuple[int, int, torch.Tensor]], what: str) -> None:
         for index, tid, value in outputs:
