@@ -62,3 +62,16 @@ def _restore_host_hints():
     saved = paths.host_hints()
     yield
     paths.set_host_hints(saved)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a test module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): the
+    tiny networks run fastest so on the shared 2-core test machines (~50x faster than two threads fighting over
+    the cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

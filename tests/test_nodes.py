@@ -12,7 +12,6 @@ import importlib.util
 import inspect
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,7 +24,6 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, shared_path
-from tiny_models import write_tiny_checkpoints
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "comfyui"))
 import comfyui_stubs as stubs  # noqa: E402
@@ -56,35 +54,18 @@ class NoNetwork:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     photo = shared_path("faces", "whole", "cf_00.jpg")
-    detector = shared_path("weights", "detection_mobilenet0.25_Final.pth")
-    base = tmp_path_factory.mktemp("nodes")
-    models, temp = base / "models", base / "temp"
-    write_tiny_checkpoints(models / "vspbfr")
-    (models / "facedetection").mkdir()
-    shutil.copy(detector, models / "facedetection")
-    temp.mkdir()
+    models, temp = stubs.models_folder(tmp_path_factory.mktemp("nodes"),
+                                       shared_path("weights", "detection_mobilenet0.25_Final.pth"))
     with NoNetwork():
         pack = stubs.load_pack(models, temp)
     image = torch.from_numpy(np.asarray(Image.open(photo).convert("RGB")).astype(np.float32) / 255.0)[None]
-    env = type("Env", (), {})()
-    env.pack, env.models, env.temp, env.photo = pack, models, temp, image
-    env.nodes = {k: v() for k, v in pack.NODE_CLASS_MAPPINGS.items()}
-    env.ops = sys.modules[stubs.PACK + ".nodes.ops"]
-    env.host = sys.modules[stubs.PACK + ".nodes.comfy_host"]
-    env.errors = sys.modules[stubs.PACK + ".vspbfr_core.errors"]
-    (env.model,) = env.nodes["VSPBFRModelLoader"].load("style_encoder_decoder.pt", "code_diffuser.pt",
-                                                       "restoration_net.pt", "auto")
-    yield env
+    yield stubs.pack_env(pack, models=models, temp=temp, photo=image)
     stubs.unload_pack()
 
 
 @pytest.fixture
 def state():
-    stubs.STATE.loads.clear()
-    stubs.STATE.progress.clear()
-    stubs.STATE.interrupt_after = None
-    stubs.STATE.fp16 = stubs.STATE.bf16 = False
-    yield stubs.STATE
+    yield stubs.reset_state()
     stubs.STATE.interrupt_after = None
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import re
-import shutil
 import sys
 import weakref
 from pathlib import Path
@@ -56,40 +55,23 @@ def load_rgb(path: Path) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    photo = shared_path("faces", "whole", "cf_00.jpg")
-    detector = shared_path("weights", "detection_mobilenet0.25_Final.pth")
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(1)                 # the tiny networks run fastest on one thread
-    base = tmp_path_factory.mktemp("nodes_identity")
-    models, temp = base / "models", base / "temp"
-    write_tiny_checkpoints(models / "vspbfr")
-    (models / "facedetection").mkdir()
-    shutil.copy(detector, models / "facedetection")
+    models, temp = stubs.models_folder(tmp_path_factory.mktemp("nodes_identity"),
+                                       shared_path("weights", "detection_mobilenet0.25_Final.pth"))
     (models / "facexlib").mkdir()
     write_tiny_arcface(models / "facexlib" / ARCFACE)                 # where other face packs keep facexlib's files
-    temp.mkdir()
     pack = stubs.load_pack(models, temp)
-    e = type("Env", (), {})()
-    e.pack, e.models, e.photo = pack, models, load_rgb(photo)
-    e.nodes = {k: v() for k, v in pack.NODE_CLASS_MAPPINGS.items()}
-    e.ops = sys.modules[stubs.PACK + ".nodes.ops"]
-    e.identity_ops = sys.modules[stubs.PACK + ".nodes.identity_ops"]
-    e.host = sys.modules[stubs.PACK + ".nodes.comfy_host"]
-    e.errors = sys.modules[stubs.PACK + ".vspbfr_core.errors"]
-    e.core = sys.modules[stubs.PACK + ".vspbfr_core.pipeline"]
-    (e.model,) = e.nodes["VSPBFRModelLoader"].load("style_encoder_decoder.pt", "code_diffuser.pt",
-                                                   "restoration_net.pt", "fp32")
-    yield e
+    yield stubs.pack_env(pack, "fp32", models=models, photo=load_rgb(shared_path("faces", "whole", "cf_00.jpg")),
+                         identity_ops=sys.modules[stubs.PACK + ".nodes.identity_ops"],
+                         core=sys.modules[stubs.PACK + ".vspbfr_core.pipeline"])
     stubs.unload_pack()
     torch.set_num_threads(saved_threads)
 
 
 @pytest.fixture
 def state():
-    stubs.STATE.loads.clear()
-    stubs.STATE.progress.clear()
-    stubs.STATE.interrupt_after = None
-    yield stubs.STATE
+    yield stubs.reset_state()
     stubs.STATE.interrupt_after = None
 
 

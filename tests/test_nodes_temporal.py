@@ -7,7 +7,6 @@ frames).  torch runs on one thread: on the shared 2-core machine that is much fa
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import torch
 from PIL import Image
 
 from conftest import shared_path
-from tiny_models import write_tiny_checkpoints
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "comfyui"))
 import comfyui_stubs as stubs  # noqa: E402
@@ -26,43 +24,24 @@ DETECTOR = "retinaface_mobile0.25"
 TEMPORAL = ("temporal", "smooth_alignment", "smooth_wplus")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")        # see conftest
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    base = tmp_path_factory.mktemp("nodes_temporal")
-    models, temp = base / "models", base / "temp"
-    write_tiny_checkpoints(models / "vspbfr")
-    (models / "facedetection").mkdir()
-    shutil.copy(shared_path("weights", "detection_mobilenet0.25_Final.pth"), models / "facedetection")
-    temp.mkdir()
+    models, temp = stubs.models_folder(tmp_path_factory.mktemp("nodes_temporal"),
+                                       shared_path("weights", "detection_mobilenet0.25_Final.pth"))
     pack = stubs.load_pack(models, temp)
     with Image.open(shared_path("faces", "whole", "cf_02.png")) as im:
         im = im.convert("RGB").resize((602, 322), Image.BICUBIC)
         scene = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)[None]
-    env = type("Env", (), {})()
-    env.pack, env.scene = pack, scene
-    env.nodes = {k: v() for k, v in pack.NODE_CLASS_MAPPINGS.items()}
-    env.ops = sys.modules[stubs.PACK + ".nodes.ops"]
-    env.errors = sys.modules[stubs.PACK + ".vspbfr_core.errors"]
-    (env.model,) = env.nodes["VSPBFRModelLoader"].load("style_encoder_decoder.pt", "code_diffuser.pt",
-                                                       "restoration_net.pt", "auto")
-    yield env
+    yield stubs.pack_env(pack, scene=scene)
     stubs.unload_pack()
 
 
 @pytest.fixture
 def state():
-    stubs.STATE.loads.clear()
-    stubs.STATE.progress.clear()
-    stubs.STATE.interrupt_after = None
-    yield stubs.STATE
+    yield stubs.reset_state()
     stubs.STATE.interrupt_after = None
 
 

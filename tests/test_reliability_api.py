@@ -38,13 +38,7 @@ FILE = {"style_encoder": "style_encoder_decoder.pt", "code_diffuser": "code_diff
         "stylegan": "style_encoder_decoder.pt", "restoration_net": "restoration_net.pt"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny networks run fastest on one thread (the test machines' cores are shared)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")        # see conftest
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import copy
 import dataclasses
 import importlib
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,7 +22,6 @@ import pytest
 import torch
 
 from conftest import SHARED, shared_path
-from tiny_models import write_tiny_checkpoints
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "comfyui"))
 import comfyui_stubs as stubs  # noqa: E402
@@ -43,25 +41,12 @@ FILE = {"style_encoder": "style_encoder_decoder.pt", "code_diffuser": "code_diff
 def env(tmp_path_factory):
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(1)                 # the tiny networks run fastest on one thread
-    base = tmp_path_factory.mktemp("nodes_reliability")
-    models, temp = base / "models", base / "temp"
-    write_tiny_checkpoints(models / "vspbfr")
-    (models / "facedetection").mkdir()
-    if DETECTOR_FILE.is_file():
-        shutil.copy(DETECTOR_FILE, models / "facedetection")
-    temp.mkdir()
+    models, temp = stubs.models_folder(tmp_path_factory.mktemp("nodes_reliability"),
+                                       DETECTOR_FILE if DETECTOR_FILE.is_file() else None)
     pack = stubs.load_pack(models, temp)
-    e = type("Env", (), {})()
-    e.pack, e.models = pack, models
-    e.nodes = {k: v() for k, v in pack.NODE_CLASS_MAPPINGS.items()}
-    e.ops = sys.modules[stubs.PACK + ".nodes.ops"]
-    e.handles = sys.modules[stubs.PACK + ".nodes.handles"]
-    e.errors = sys.modules[stubs.PACK + ".vspbfr_core.errors"]
-    e.memory = sys.modules[stubs.PACK + ".vspbfr_core.memory"]
+    e = stubs.pack_env(pack, "fp32", models=models, memory=sys.modules[stubs.PACK + ".vspbfr_core.memory"])
     face = importlib.import_module(stubs.PACK + ".vspbfr_core.face")
     importlib.import_module(stubs.PACK + ".vspbfr_core.face.paste")
-    (e.model,) = e.nodes["VSPBFRModelLoader"].load("style_encoder_decoder.pt", "code_diffuser.pt",
-                                                   "restoration_net.pt", "fp32")
     g = torch.Generator().manual_seed(0)
     e.crops = torch.rand(2, 16, 16, 3, generator=g)                 # aligned crops IMAGE [F, S, S, 3]
     # one 64 x 64 image with one "face" (landmarks = the FFHQ template at 32 px) and its FaceSet
@@ -79,10 +64,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture
 def state():
-    stubs.STATE.loads.clear()
-    stubs.STATE.progress.clear()
-    stubs.STATE.interrupt_after = None
-    yield stubs.STATE
+    yield stubs.reset_state()
 
 
 def photo() -> torch.Tensor:

@@ -20,12 +20,7 @@ from vspbfr_core.temporal import restore_sequence
 from vspbfr_core.temporal.smooth import CenteredSmoother, smooth_landmarks, smooth_sequence
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")        # see conftest
 
 
 @pytest.fixture(scope="module")

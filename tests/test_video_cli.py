@@ -29,12 +29,7 @@ N = 12
 W, H = 300, 200
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")        # see conftest
 
 
 @pytest.fixture(scope="module")

@@ -153,3 +153,43 @@ def unload_pack() -> None:
     for name in list(sys.modules):
         if name in STUB_NAMES or name == PACK or name.startswith(PACK + "."):
             del sys.modules[name]
+
+
+def reset_state() -> State:
+    """A clean record before a test (loads, progress, no interrupt, fp16/bf16 unsupported); returns STATE."""
+    STATE.loads.clear()
+    STATE.progress.clear()
+    STATE.interrupt_after = None
+    STATE.fp16 = STATE.bf16 = False
+    return STATE
+
+
+def models_folder(base: Path, detector: Path | None) -> tuple[Path, Path]:
+    """``base/models`` with the tiny VSPBFR files in ``vspbfr/`` and ``detector`` (when given) in
+    ``facedetection/``, and an empty ``base/temp``; returns (models, temp)."""
+    import shutil
+
+    from tiny_models import write_tiny_checkpoints
+
+    models, temp = base / "models", base / "temp"
+    write_tiny_checkpoints(models / "vspbfr")
+    (models / "facedetection").mkdir()
+    if detector is not None:
+        shutil.copy(detector, models / "facedetection")
+    temp.mkdir()
+    return models, temp
+
+
+def pack_env(pack: types.ModuleType, precision: str = "auto", **attrs) -> types.SimpleNamespace:
+    """What the node tests use of a loaded pack: ``pack``, ``nodes`` (one instance per node id), the ``ops``,
+    ``host``, ``handles`` and ``errors`` modules, and ``model`` (the loader node's output in ``precision``);
+    ``attrs`` are added as they are."""
+    env = types.SimpleNamespace(pack=pack, **attrs)
+    env.nodes = {k: v() for k, v in pack.NODE_CLASS_MAPPINGS.items()}
+    env.ops = sys.modules[PACK + ".nodes.ops"]
+    env.host = sys.modules[PACK + ".nodes.comfy_host"]
+    env.handles = sys.modules[PACK + ".nodes.handles"]
+    env.errors = sys.modules[PACK + ".vspbfr_core.errors"]
+    (env.model,) = env.nodes["VSPBFRModelLoader"].load("style_encoder_decoder.pt", "code_diffuser.pt",
+                                                       "restoration_net.pt", precision)
+    return env
