@@ -68,6 +68,18 @@ def _config(args: argparse.Namespace, options: Any) -> Any:
                        references=tuple(str(r) for r in args.reference or ()), threshold=args.threshold)
 
 
+def _check_ray() -> None:
+    """``--engine ray`` without Ray: the error before anything is read or loaded."""
+    from ..errors import MissingPackageError
+
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise MissingPackageError('--engine ray needs Ray Data: pip install "vspbfr[ray]" (or pip install '
+                                  '"ray[data]"); --engine local needs no Ray') from exc
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -94,6 +106,8 @@ def _run(args: argparse.Namespace) -> int:
     resolve_device(args.device, what="--device")
     if args.compile:
         raise InputError("--compile is not supported by vspbfr batch (each worker would compile its own copy)")
+    if args.engine == "ray":
+        _check_ray()
     if not storage.is_uri(args.out):
         check_out_dir(args.out)
     for ref in args.reference or ():
