@@ -27,5 +27,13 @@ def test_public_names_resolve_without_cuda() -> None:
 
 def test_cli_help_lists_every_command() -> None:
     out = run("from vspbfr_core.cli import build_parser; print(build_parser().format_help())")
-    for cmd in ("restore", "download", "info", "convert"):
+    for cmd in ("restore", "download", "info", "convert", "faces", "batch"):
         assert cmd in out
+
+
+def test_optional_engines_and_media_import_without_their_packages() -> None:
+    """The batch, temporal and media packages and the CLI's parser load no torch, Ray, pyarrow or PyAV."""
+    out = run("import sys; import vspbfr_core.batch, vspbfr_core.temporal, vspbfr_core.media; "
+              "from vspbfr_core.cli import build_parser; build_parser(); "
+              "print(sorted(m for m in ('torch', 'ray', 'pyarrow', 'av') if m in sys.modules))")
+    assert out == "[]"
