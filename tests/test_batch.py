@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from conftest import ROOT, shared_path
@@ -27,12 +26,7 @@ from vspbfr_core.batch.manifest import FOLDER, Manifest  # noqa: E402
 PHOTOS = ("cf_00.jpg", "cf_02.png", "gfpgan_00.jpg", "skimage_astronaut.png")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")        # see conftest
 
 
 @pytest.fixture(scope="module")
