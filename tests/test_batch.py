@@ -225,3 +225,15 @@ def test_driver_killed_mid_run_then_rerun_equals_an_uninterrupted_run(tiny_model
     assert {Path(v[0]).relative_to(out) for v in got.values()} == \
            {Path(v[0]).relative_to(uninterrupted) for v in expected.values()}
     assert not [p for p in out.rglob("*") if p.name.endswith(".part")]
+
+
+def test_identity_scores_go_into_the_manifest(tiny_models_dir: Path, archive: Path, tmp_path: Path) -> None:
+    pytest.importorskip("dlib")
+    flags = ["--candidates", "2", "--identity", "dlib"]
+    assert batch(tiny_models_dir, str(archive / "cf_02.png"), "-o", str(tmp_path / "b"), *flags) == 0
+    assert main(["restore", str(archive / "cf_02.png"), "-o", str(tmp_path / "r"), "--models", str(tiny_models_dir),
+                 "--detector", "mobile0.25", "--threads", "1", *flags]) == 0
+    assert (tmp_path / "b" / "cf_02.png").read_bytes() == (tmp_path / "r" / "cf_02.png").read_bytes()
+    row = next(iter(last_rows(tmp_path / "b" / FOLDER).values()))
+    assert row["faces"] >= 2 and len(row["identity_input"]) == row["faces"]
+    assert all(-1 <= v <= 1 for v in row["identity_input"]) and row["identity_reference"] == [None] * row["faces"]
