@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     ".commands.info",
     ".commands.restore",
     ".commands.faces",
+    ".commands.batch",
 )
 OUTPUT_ERRORS = "vspbfr.names"
 

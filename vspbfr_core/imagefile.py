@@ -55,7 +55,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_PIXELS", "READ_FORMATS", "WRITE_FORMATS", "EXTENSION_FORMATS", "LoadedImage", "read_image",
-    "output_format", "write_image", "fit_name", "write_bytes_atomic", "atomic_output",
+    "read_image_bytes", "output_format", "write_image", "encode_image", "fit_name", "write_bytes_atomic",
+    "atomic_output",
 ]
 
 MAX_PIXELS = 100_000_000                      # width * height above this is refused before decoding
@@ -126,17 +127,31 @@ def _register_plugins() -> None:
 
 def read_image(path: str | os.PathLike[str]) -> LoadedImage:
     """Decode one image file following the rules of this module; every failure is an ``InputError``."""
+    path = Path(path)
+    _check_file(path)
+    return _decode(path, path)
+
+
+def read_image_bytes(data: bytes, name: str | os.PathLike[str]) -> LoadedImage:
+    """:func:`read_image` of a file's contents (read from a URI, say); ``name`` labels the messages."""
+    import io
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InputError(f"{name}: expected the file's bytes, got {type(data).__name__}")
+    return _decode(io.BytesIO(bytes(data)), Path(name))
+
+
+def _decode(source: Any, path: Path) -> LoadedImage:
+    """Decode ``source`` (a path or a binary file object); ``path`` names it in the messages."""
     import numpy as np
     import torch
     from PIL import Image, ImageOps
 
     _register_plugins()
-    path = Path(path)
-    _check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # our own limit is checked below
-            with Image.open(path, formats=READ_FORMATS) as im:
+            with Image.open(source, formats=READ_FORMATS) as im:
                 fmt = str(im.format)
                 width, height = im.size
                 if width * height > MAX_PIXELS:
@@ -247,12 +262,30 @@ def write_image(image: torch.Tensor, path: str | os.PathLike[str], *, format: st
     ``format`` defaults to :func:`output_format` of ``path``; ``sample`` ("uint8", "uint16" or "float32") is the
     input's sample kind, used where the format can hold it; ``params`` are :attr:`LoadedImage.params`.
     """
+    path = Path(path)
+    im, fmt, options = _prepare(image, path, format or output_format(path), sample, params)
+    save_atomic(im, path, fmt, **options)
+
+
+def encode_image(image: torch.Tensor, format: str, *, sample: str = "uint8", params: dict[str, Any] | None = None,
+                 name: str | os.PathLike[str] = "image") -> bytes:
+    """The bytes :func:`write_image` would write (same encoder and settings), for outputs that are not local
+    files; ``name`` labels the messages."""
+    import io
+
+    im, fmt, options = _prepare(image, Path(name), format, sample, params)
+    buffer = io.BytesIO()
+    im.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _prepare(image: torch.Tensor, path: Path, fmt: str, sample: str, params: dict[str, Any] | None
+             ) -> tuple[Any, str, dict[str, Any]]:
+    """IMAGE -> (Pillow image, format, save options) as files of ``fmt`` are written."""
     import numpy as np
     import torch
     from PIL import Image
 
-    path = Path(path)
-    fmt = format or output_format(path)
     if fmt not in WRITE_FORMATS:
         raise InputError(f"{path}: cannot write {fmt} files ({_GIF_REASON if fmt == 'GIF' else 'unsupported'})")
     x = image.detach().float().clamp(0, 1)
@@ -275,7 +308,7 @@ def write_image(image: torch.Tensor, path: str | os.PathLike[str], *, format: st
     elif fmt == "TIFF":
         compression = (params or {}).get("compression", "raw")
         options = {"compression": compression if compression in _LOSSLESS_TIFF else "tiff_lzw"}
-    save_atomic(im, path, fmt, **options)
+    return im, fmt, options
 
 
 _UMASK: int | None = None

@@ -72,6 +72,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image or video files, folders (of images; of frames with --sequence) or glob patterns")
     p.add_argument("-o", "--out", required=True, metavar="OUT_DIR", help="output folder")
+    add_model_arguments(p)
+    add_restoration_arguments(p)
+    add_video_options(p.add_argument_group("video files and frame sequences (see the README, Video)"))
+    o = p.add_argument_group("extra outputs")
+    o.add_argument("--save-faces", action="store_true", help="also write the aligned crops before/after to OUT_DIR/faces")
+    o.add_argument("--compare", action="store_true", help="also write a side-by-side image to OUT_DIR/compare")
+    add_report_option(o)
+    p.set_defaults(func=run)
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The "models and device" options of ``restore`` (``vspbfr batch`` has the same)."""
     g = p.add_argument_group("models and device")
     g.add_argument("--models", metavar="DIR", default=None,
                    help="models folder (default: $VSPBFR_MODELS, else the per-user folder; see `vspbfr info`)")
@@ -92,6 +104,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the networks (slow first batch, faster after: for folders and video frames)")
     g.add_argument("--aligned", action="store_true",
                    help="inputs are already aligned square face crops: skip detection and paste-back")
+
+
+def add_restoration_arguments(p: argparse.ArgumentParser) -> None:
+    """The face selection, restoration and identity options of ``restore`` (``vspbfr batch`` has the same)."""
     add_selection_options(p.add_argument_group("face selection"))
     r = p.add_argument_group("restoration")
     r.add_argument("--seed", metavar="N", type=number(int), default=0,
@@ -115,12 +131,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--upscale", metavar="X", type=number(float, low=1, high=8), default=1.0,
                    help="upscale the whole image by this factor (1..8)")
     add_identity_options(p.add_argument_group("identity (see the README, Identity)"))
-    add_video_options(p.add_argument_group("video files and frame sequences (see the README, Video)"))
-    o = p.add_argument_group("extra outputs")
-    o.add_argument("--save-faces", action="store_true", help="also write the aligned crops before/after to OUT_DIR/faces")
-    o.add_argument("--compare", action="store_true", help="also write a side-by-side image to OUT_DIR/compare")
-    add_report_option(o)
-    p.set_defaults(func=run)
+
+
+def options_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~vspbfr_core.pipeline.RestoreOptions` the options of :func:`add_restoration_arguments` ask for,
+    validated (``InputError`` naming the bad value)."""
+    from ..face.detect import parse_selection
+    from ..pipeline import RestoreOptions
+
+    options = RestoreOptions(
+        seed=args.seed, threshold=args.threshold, min_size=args.min_size, max_faces=args.max_faces,
+        selection=args.select, order=args.order, prompt_mix=args.prompt_mix, bank_scale=args.bank_scale,
+        visibility=args.visibility, color_correction=None if args.color_correction == "none" else args.color_correction,
+        mask_shape=args.mask_shape, feather=args.feather, upscale=args.upscale, keep_gray=not args.colorize_gray,
+        candidates=args.candidates, only_matching=args.only_matching, match_threshold=args.match_threshold,
+        reference_mix=args.reference_mix, reference_layers=args.reference_layers)
+    options.validate()
+    parse_selection(args.select)
+    return options
 
 
 # -- outputs -----------------------------------------------------------------------------------------------------
@@ -343,25 +371,16 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from ..devices import resolve_device
-    from ..face.detect import parse_selection
     from ..imagefile import output_format, read_image
     from ..paths import choose_detector, resolve_models_dir
     from ..media import VIDEO_EXTENSIONS
-    from ..pipeline import RestoreOptions, VSPBFRPipeline
+    from ..pipeline import VSPBFRPipeline
     from . import restore_identity as ident
     from . import restore_video as video
 
     # everything that can be checked is checked before any model is loaded
     out_dir = check_out_dir(args.out)
-    options = RestoreOptions(
-        seed=args.seed, threshold=args.threshold, min_size=args.min_size, max_faces=args.max_faces,
-        selection=args.select, order=args.order, prompt_mix=args.prompt_mix, bank_scale=args.bank_scale,
-        visibility=args.visibility, color_correction=None if args.color_correction == "none" else args.color_correction,
-        mask_shape=args.mask_shape, feather=args.feather, upscale=args.upscale, keep_gray=not args.colorize_gray,
-        candidates=args.candidates, only_matching=args.only_matching, match_threshold=args.match_threshold,
-        reference_mix=args.reference_mix, reference_layers=args.reference_layers)
-    options.validate()
-    parse_selection(args.select)
+    options = options_from_args(args)
     ident.check_identity_args(args)
     device = resolve_device(args.device, what="--device")
     file_items, sequences = video.split_inputs(args.inputs, args.sequence)
