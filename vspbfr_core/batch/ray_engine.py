@@ -10,7 +10,7 @@ driver's memory does not grow with the size of the archive) and maps it with an 
 * each input is tried as :func:`~.jobs.run_local` tries it (the same function runs inside the actor): a failure
   that is not a bad input is tried again up to ``retries`` more times, and the input gives exactly one result;
 * a worker process that dies (killed, out of memory, a lost node) is restarted and its batch is run again
-  (``max_restarts=-1``, ``max_task_retries=-1``): the inputs of that batch that were already written are found
+  (Ray Data's actor pool creates its actors with ``max_restarts=-1`` and ``max_task_retries=-1``): the inputs of that batch that were already written are found
   byte-identical and not written again, and each input still gives exactly one result;
 * results stream back to the caller as batches finish (never gathered in memory), in no particular order.
 
@@ -147,12 +147,11 @@ def _run(ray: Any, config: BatchConfig, items: list[BatchItem], *, retries: int,
     try:
         ds = ray.data.from_items([{"input": i.input, "output": i.output, "rel": i.rel, "done_sha256": i.done_sha256}
                                   for i in items])
-        remote_args: dict[str, Any] = {"max_restarts": -1, "max_task_retries": -1}
-        if gpus_per_worker > 0:
-            remote_args["num_gpus"] = gpus_per_worker
+        # actor restarts and task retries: Ray Data's actor pool creates its actors with max_restarts=-1 and
+        # max_task_retries=-1 (extra remote arguments to map_batches are deprecated in Ray 2.60)
         results = ds.map_batches(_Restore, fn_constructor_args=(config, retries), batch_size=batch_size,
                                  batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
-                                 num_cpus=cpus_per_worker, **remote_args)
+                                 num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None)
         try:
             for block in results.iter_batches(batch_size=None, batch_format="pyarrow"):
                 for row in block.to_pylist():
