@@ -234,3 +234,23 @@ def test_rerun_skips_everything(killed_run, tiny_models_dir: Path, capfd: pytest
     assert f"({len(good)} already done)" in err and f"{len(good)} done before" in err
     assert {p.name: os.stat(out / p.name).st_mtime_ns for p in good} == before
     assert manifest_rows(out) == rows_before                        # skipped inputs add no rows
+
+
+def test_a_worker_that_cannot_load_its_pipeline_is_a_clear_error(cluster, photos, tmp_path: Path) -> None:
+    """A models folder without the networks: the job stops with the loader's message, not a hang or a bare Ray
+    error."""
+    import shutil
+
+    from vspbfr_core.batch.files import BatchConfig, BatchItem
+    from vspbfr_core.batch.ray_engine import run_ray
+    from vspbfr_core.errors import VSPBFRError
+    from vspbfr_core.pipeline import RestoreOptions
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(shared_path("weights", "detection_mobilenet0.25_Final.pth"), models)
+    config = BatchConfig(options=RestoreOptions(), models_dir=str(models), detector="mobile0.25", threads=1)
+    items = [BatchItem(str(photos["good"][0]), str(tmp_path / "out.png"), "out.png")]
+    with pytest.raises(VSPBFRError, match=r"could not start.*model file not found"):
+        list(run_ray(config, items, workers=1, cpus_per_worker=0.5))
+    assert cluster.is_initialized() and not (tmp_path / "out.png").exists()

@@ -108,14 +108,30 @@ def _warn_threads(config: BatchConfig) -> None:
                     "from vspbfr restore and the local engine; give --threads N for byte-identical outputs")
 
 
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+
+
 def _user_error(exc: BaseException) -> BaseException | None:
-    """The VSPBFRError a Ray error carries (an actor whose pipeline failed to load: bad models folder, ...)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, VSPBFRError):
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__
+    """What to tell the user when a Ray job fails: the VSPBFRError the Ray error carries, or, for a worker whose
+    pipeline failed to load (bad models folder, ...) when Ray kept only the text, a VSPBFRError with its last line."""
+    chain = list(_chain(exc))
+    for e in chain:
+        if isinstance(e, VSPBFRError):
+            return e
+    for e in chain:
+        if getattr(e, "actor_init_failed", False):
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            last = next((ln for ln in reversed(lines) if "Error: " in ln), lines[-1] if lines else type(e).__name__)
+            return VSPBFRError(f"a Ray worker could not start: {last.split('vspbfr_core.errors.', 1)[-1]}")
     return None
 
 
