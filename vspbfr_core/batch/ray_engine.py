@@ -9,9 +9,10 @@ driver's memory does not grow with the size of the archive) and maps it with an 
   once, then restores ``batch_size`` inputs per call;
 * each input is tried as :func:`~.jobs.run_local` tries it (the same function runs inside the actor): a failure
   that is not a bad input is tried again up to ``retries`` more times, and the input gives exactly one result;
-* a worker process that dies (killed, out of memory, a lost node) is restarted and its batch is run again
-  (Ray Data's actor pool creates its actors with ``max_restarts=-1`` and ``max_task_retries=-1``): the inputs of that batch that were already written are found
-  byte-identical and not written again, and each input still gives exactly one result;
+* a worker process that dies (killed, out of memory, a lost node) is restarted and its batch is run again (Ray
+  Data's actor pool creates its actors with ``max_restarts=-1`` and ``max_task_retries=-1``): the inputs of that
+  batch that were already written are found byte-identical and not written again, and each input still gives
+  exactly one result;
 * results stream back to the caller as batches finish (never gathered in memory), in no particular order.
 
 Cluster: ``address`` (``auto`` on a node of a running cluster, ``ray://HOST:PORT`` through Ray Client) is passed to
