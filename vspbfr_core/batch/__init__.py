@@ -12,7 +12,7 @@ from .._lazy import lazy_getattr
 _EXPORTS = {
     "BatchConfig": ".files", "BatchItem": ".files", "ItemResult": ".files", "FileRestorer": ".files",
     "options_key": ".files", "Manifest": ".manifest", "collect": ".jobs", "run_local": ".jobs",
-    "with_resume": ".jobs",
+    "with_resume": ".jobs", "run_ray": ".ray_engine",
 }
 
 __all__ = sorted(_EXPORTS)
