@@ -254,3 +254,43 @@ def test_a_worker_that_cannot_load_its_pipeline_is_a_clear_error(cluster, photos
     with pytest.raises(VSPBFRError, match=r"could not start.*model file not found"):
         list(run_ray(config, items, workers=1, cpus_per_worker=0.5))
     assert cluster.is_initialized() and not (tmp_path / "out.png").exists()
+
+
+def test_the_driver_killed_mid_run_then_rerun_equals_an_uninterrupted_run(cluster, photos, restored: Path,
+                                                                          tiny_models_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    """A `vspbfr batch --engine ray` driver on this cluster is killed with SIGKILL mid-run; the command run again
+    completes the archive: the outputs are restore's, and each input has one `done` row with its sha256."""
+    import signal
+    import time
+
+    good = photos["good"][:12]
+    out = tmp_path / "out"
+    gcs = ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "vspbfr_core", "batch", *map(str, good), "-o", str(out), "--models",
+           str(tiny_models_dir), *RAY_OPTS, *OPTS, "--address", gcs]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 180
+    done = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = [p for p in out.glob("*.*") if not p.name.endswith(".part")] if out.exists() else []
+        if len(done) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the driver finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 3 <= len([p for p in out.glob("*.*") if not p.name.endswith(".part")]) < len(good)
+    code = main(["batch", *map(str, good), "-o", str(out), "--models", str(tiny_models_dir), *RAY_OPTS, *OPTS])
+    assert code == 0
+    for src in good:
+        assert (out / src.name).read_bytes() == (restored / src.name).read_bytes()
+    from vspbfr_core.batch.manifest import FOLDER, Manifest
+
+    last = Manifest(str(out / FOLDER)).load()
+    assert sorted(last) == sorted(map(str, good))
+    for src in good:
+        row = last[str(src)]
+        assert row["status"] == "done" and row["input_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".part")]
