@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,25 +30,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for extra in (ROOT, ROOT / "tests"):
+for extra in (ROOT, ROOT / "benchmarks", ROOT / "tests"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
+from bench_video import models_folder  # noqa: E402  (the same tiny / full models folder)
+
 SHARED = Path(os.environ.get("VSPBFR_SHARED", ROOT.parent / "shared"))
-
-
-def models_folder(weights: str, tmp: Path) -> Path:
-    folder = tmp / "models"
-    if weights == "full":
-        manifest = SHARED / "parity" / "manifest.json"
-        subprocess.run([sys.executable, "-m", "vspbfr_core.parity", "--write-weights", str(manifest), "-o",
-                        str(folder)], check=True, cwd=ROOT)
-    else:
-        from tiny_models import write_tiny_checkpoints
-
-        write_tiny_checkpoints(folder)
-    shutil.copy(SHARED / "weights" / "detection_mobilenet0.25_Final.pth", folder)
-    return folder
 
 
 def write_inputs(folder: Path, count: int, width: int) -> list[Path]:

@@ -45,7 +45,8 @@ _INSTALL = 'pip install "vspbfr[ray]"'
 _warned_threads = False
 
 
-def _import_ray() -> Any:
+def import_ray() -> Any:
+    """The ``ray`` module with Ray Data, or :class:`MissingPackageError` saying what to install."""
     try:
         import ray
         import ray.data
@@ -142,7 +143,7 @@ def run_ray(config: BatchConfig, items: Iterable[BatchItem], *, retries: int = 1
     """Restore ``items`` on a Ray cluster (see the module); yields one :class:`ItemResult` per item as it is done.
 
     ``MissingPackageError`` (raised here, before anything runs) when ray is not installed."""
-    ray = _import_ray()
+    ray = import_ray()
     items = list(items)
     _warn_threads(config)
     return _run(ray, config, items, retries=retries, workers=workers, gpus_per_worker=gpus_per_worker,

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..cli import number
 from ..errors import InputError
-from .restore import add_model_arguments, add_restoration_arguments, options_from_args
+from .restore import add_model_arguments, add_restoration_arguments, options_from_args, own_threads
 
 log = logging.getLogger(__name__)
 
@@ -68,26 +68,9 @@ def _config(args: argparse.Namespace, options: Any) -> Any:
                        references=tuple(str(r) for r in args.reference or ()), threshold=args.threshold)
 
 
-def _check_ray() -> None:
-    """``--engine ray`` without Ray: the error before anything is read or loaded."""
-    from ..errors import MissingPackageError
-
-    try:
-        import ray  # noqa: F401
-        import ray.data  # noqa: F401
-    except ImportError as exc:
-        raise MissingPackageError('--engine ray needs Ray Data: pip install "vspbfr[ray]" (or pip install '
-                                  '"ray[data]"); --engine local needs no Ray') from exc
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
+    with own_threads():
         return _run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -107,7 +90,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.compile:
         raise InputError("--compile is not supported by vspbfr batch (each worker would compile its own copy)")
     if args.engine == "ray":
-        _check_ray()
+        from ..batch.ray_engine import import_ray
+
+        import_ray()                     # without Ray: the error before anything is read or loaded
     if not storage.is_uri(args.out):
         check_out_dir(args.out)
     for ref in args.reference or ():

@@ -47,6 +47,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -355,16 +357,23 @@ def _failure_text(exc: BaseException, src: Path) -> str:
     return text
 
 
-def run(args: argparse.Namespace) -> int:
-    """The command; ``--threads`` applies while it runs (a caller of :func:`vspbfr_core.cli.main` in the same process
-    gets its own thread count back)."""
+@contextmanager
+def own_threads() -> Iterator[None]:
+    """torch's thread count as it was before the block: ``--threads`` applies while a command runs, and a caller of
+    :func:`vspbfr_core.cli.main` in the same process gets its own thread count back."""
     import torch
 
     threads = torch.get_num_threads()
     try:
-        return _run(args)
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command (see :func:`own_threads` for ``--threads``)."""
+    with own_threads():
+        return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
