@@ -51,12 +51,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import imagefile
+from ._lazy import optional_import
 from .errors import InputError, MissingPackageError, OutputError
 
 if TYPE_CHECKING:
@@ -75,12 +77,8 @@ _SUBSAMPLED = re.compile(r"^(yuvj?4(20|22|11|10|40)p|nv(12|21|16|20|24|42))")
 
 def _import_av() -> Any:
     """The ``av`` module, or :class:`MissingPackageError` saying what to install."""
-    try:
-        import av
-    except ImportError as exc:
-        raise MissingPackageError('video files need the Python package PyAV (av): pip install "vspbfr[video]" '
-                                  "(or pip install av)") from exc
-    return av
+    return optional_import("av", 'video files need the Python package PyAV (av): pip install "vspbfr[video]" '
+                                 "(or pip install av)")
 
 
 def parse_frame_range(text: str) -> slice:
@@ -409,7 +407,7 @@ class VideoWriter:
         if not torch.isfinite(frames).all():
             raise InputError("frames: NaN or infinite values")
         data = frames.detach().float().clamp(0, 1).mul(255.0).add(0.5).floor().to(torch.uint8).cpu().numpy()
-        try:
+        with self._aborting(lambda: f"cannot encode frame {self.frames_written}"):
             for arr in data:
                 frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
                 frame.pts = self.frames_written
@@ -418,9 +416,17 @@ class VideoWriter:
                     self._out.mux(packet)
                 self.frames_written += 1
                 self._mux_audio(float(self.frames_written / self.fps))
+
+    @contextmanager
+    def _aborting(self, what: Callable[[], str]) -> Iterator[None]:
+        """Any error in the block aborts the writer (nothing is saved); an FFmpeg error becomes an ``OutputError``
+        saying ``what()`` failed."""
+        av = _import_av()
+        try:
+            yield
         except av.FFmpegError as exc:
             self._abort(exc)
-            raise OutputError(f"{self.path}: cannot encode frame {self.frames_written}: {exc}") from exc
+            raise OutputError(f"{self.path}: {what()}: {exc}") from exc
         except BaseException as exc:
             self._abort(exc)
             raise
@@ -435,18 +441,11 @@ class VideoWriter:
                                 "frame)")
             self._abort(error)
             raise error
-        av = _import_av()
-        try:
+        with self._aborting(lambda: "cannot finish the video file"):
             for packet in self._video.encode(None):
                 self._out.mux(packet)
             self._mux_audio(None)
             self._out.close()
-        except av.FFmpegError as exc:
-            self._abort(exc)
-            raise OutputError(f"{self.path}: cannot finish the video file: {exc}") from exc
-        except BaseException as exc:
-            self._abort(exc)
-            raise
         self._close_audio()
         self._closed = True
         self._cm.__exit__(None, None, None)

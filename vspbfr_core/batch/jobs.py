@@ -114,7 +114,7 @@ def collect(inputs: list[str], output: str, extensions: tuple[str, ...]) -> Plan
         found += [(str(src), str(rel)) for src, rel in collected.files]
         plan.failures += [(str(p), reason) for p, reason in collected.failures]
     seen: dict[str, str] = {}
-    inputs_set = {storage.join("", i) if storage.is_uri(i) else os.path.realpath(i) for i, _ in found}
+    inputs_set = {i if storage.is_uri(i) else os.path.realpath(i) for i, _ in found}
     clashes = []
     for src, rel in found:
         dst = storage.join(output, rel)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from . import storage
@@ -74,7 +75,7 @@ class Manifest:
         """Every row of every part, in part-file (time) order."""
         pq = _import_parquet()
         out: list[dict[str, Any]] = []
-        for part in sorted(self._part_files(), key=lambda p: p.rsplit("/", 1)[-1].rsplit(os.sep, 1)[-1]):
+        for part in sorted(self._part_files(), key=lambda p: Path(p).name):      # part names sort by time
             table = pq.read_table(io.BytesIO(storage.read_bytes(part)))
             out.extend(table.to_pylist())
         return out

@@ -34,7 +34,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, fields
 from typing import Any
 
-from ..errors import MissingPackageError, VSPBFRError
+from .._lazy import optional_import
+from ..errors import VSPBFRError
 from .files import BatchConfig, BatchItem, ItemResult
 
 __all__ = ["run_ray"]
@@ -47,12 +48,9 @@ _warned_threads = False
 
 def import_ray() -> Any:
     """The ``ray`` module with Ray Data, or :class:`MissingPackageError` saying what to install."""
-    try:
-        import ray
-        import ray.data
-    except ImportError as exc:
-        raise MissingPackageError(f"the Ray engine (--engine ray) needs the Python package ray with Ray Data: "
-                                  f"{_INSTALL} (import failed: {exc})") from exc
+    optional_import("ray.data", f"the Ray engine (--engine ray) needs the Python package ray with Ray Data: {_INSTALL}")
+    import ray
+
     return ray
 
 

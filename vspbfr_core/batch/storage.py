@@ -19,7 +19,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, MissingPackageError
+from .._lazy import optional_import
+from ..errors import InputError
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -31,12 +32,8 @@ def is_uri(location: str) -> bool:
 
 
 def _import_fs() -> Any:
-    try:
-        import pyarrow.fs as pafs
-    except ImportError as exc:
-        raise MissingPackageError('URIs (s3://, gs://, ...) and the batch manifest need pyarrow: pip install '
-                                  '"vspbfr[batch]" (or pip install pyarrow)') from exc
-    return pafs
+    return optional_import("pyarrow.fs", 'URIs (s3://, gs://, ...) and the batch manifest need pyarrow: pip install '
+                                         '"vspbfr[batch]" (or pip install pyarrow)')
 
 
 def resolve(location: str) -> tuple[Any, str]:
@@ -126,5 +123,5 @@ def list_files(location: str, extensions: tuple[str, ...]) -> list[tuple[str, st
     for entry in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
         if entry.type == pafs.FileType.File and os.path.splitext(entry.path)[1].lower() in extensions:
             rel = posixpath.relpath(entry.path, root)
-            found.append((scheme + entry.path if scheme != "file://" else "file://" + entry.path, rel))
+            found.append((scheme + entry.path, rel))
     return sorted(found, key=lambda item: item[1])

@@ -185,7 +185,7 @@ def open_jobs(video_files: list[tuple[Path, Path]], folders: list[Path], out_dir
         try:
             seq = media.read_sequence(folder)
             paths = seq.paths[rng]
-            _check_sizes(paths, seq)
+            _check_sizes(paths)
         except InputError as exc:
             failures.append((folder, str(exc).removeprefix(f"{folder}: ")))
             continue
@@ -200,28 +200,26 @@ def _show_range(rng: slice) -> str:
     return f"{'' if rng.start is None else rng.start}:{'' if rng.stop is None else rng.stop}"
 
 
-def _check_sizes(paths: list[Path], seq: Any) -> None:
-    """Every frame file has the first frame's size and channel count (read from the headers, no decoding)."""
+def _check_sizes(paths: list[Path]) -> None:
+    """Every frame file has the first frame's size and mode (read from the headers, no decoding)."""
     from PIL import Image, UnidentifiedImageError
 
-    first = None
+    first: tuple[Path, tuple[int, int], str] | None = None
     for path in paths:
         try:
             with Image.open(path) as im:
-                shape = (im.size, len(im.getbands()) if im.mode not in ("P", "PA") else None, im.mode)
+                size, mode = im.size, im.mode
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise InputError(f"{path}: cannot read the frame: {exc}") from exc
         if first is None:
-            first = (path, shape)
+            first = (path, size, mode)
             continue
-        if shape[0] != first[1][0]:
-            raise InputError(f"{path}: the frame is {shape[0][0]}x{shape[0][1]}, the sequence's first frame "
-                             f"({first[0].name}) is {first[1][0][0]}x{first[1][0][1]}; all frames must have the "
-                             "same size")
-        if shape[2] != first[1][2]:
-            raise InputError(f"{path}: the frame is of mode {shape[2]}, the sequence's first frame "
-                             f"({first[0].name}) is {first[1][2]}; all frames must have the same channels "
-                             "(convert them alike)")
+        if size != first[1]:
+            raise InputError(f"{path}: the frame is {size[0]}x{size[1]}, the sequence's first frame "
+                             f"({first[0].name}) is {first[1][0]}x{first[1][1]}; all frames must have the same size")
+        if mode != first[2]:
+            raise InputError(f"{path}: the frame is of mode {mode}, the sequence's first frame ({first[0].name}) is "
+                             f"{first[2]}; all frames must have the same channels (convert them alike)")
 
 
 # -- running ---------------------------------------------------------------------------------------------------------
