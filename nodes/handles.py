@@ -44,6 +44,9 @@ class FaceSet:
     keep: Any = field(default=None, repr=False, compare=False)   # keeps that detector loaded while this is cached
     track_ids: list[int] | None = None    # temporal on: the track of each face (the images are video frames)
     smooth_wplus: float = 0.0             # temporal on: W+ / style prompt smoothing the restore side applies
+    # where the paste may change pixels: MASK-like [B, H, W] float in [0, 1] on the CPU, image space (e.g. the union
+    # of the SEG masks the faces came from, nodes.segs); None: no limit. Multiplied into every face's paste mask.
+    limit: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.detections)
