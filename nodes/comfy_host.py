@@ -122,6 +122,12 @@ def detector_dirs() -> list[str]:
     return _folder_dirs(DETECTOR_FOLDERS + (MODEL_FOLDER,))
 
 
+def parsing_dirs() -> list[str]:
+    """Where the face-parsing networks (parsing_parsenet.pth, parsing_bisenet.pth) are looked for: ``facedetection``
+    (where facerestore_cf keeps facexlib's files), ``facexlib``, then ``vspbfr``."""
+    return _folder_dirs(DETECTOR_FOLDERS + (MODEL_FOLDER,))
+
+
 def identity_dirs() -> list[str]:
     """Where the ArcFace identity network is looked for: ``facexlib`` (other face packs keep it there), then
     ``vspbfr``; a missing file's download command targets the first of them."""

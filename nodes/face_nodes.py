@@ -15,6 +15,22 @@ DETECTOR = (list(ops.DETECTORS), {"default": "auto", "tooltip": "RetinaFace back
 SELECTION = ("STRING", {"default": "all", "tooltip": "Which faces: all, largest, center, or face indices such as "
              "0,2 (numbers as drawn on the detect preview, in the chosen order). Temporal on: the indices are track "
              "ids (people numbered by first appearance, then left to right); largest / center choose per frame."})
+MASK_SHAPE = (list(ops.MASK_SHAPES), {"default": ops.DEFAULT_MASK_SHAPE, "tooltip": "Paste-back mask. square: "
+              "the whole crop with soft sides (facexlib's); ellipse: the face oval; landmarks: a face shape "
+              "placed by the five landmarks (keeps the hair, ears and background; no weights); parsing: a "
+              "face-parsing network keeps only the face parts (parsing_parsenet.pth in models/facedetection, "
+              "facexlib or vspbfr: `vspbfr download --only parsing`)."})
+# Optional and last (after every older widget), so saved workflows keep loading with their values in place
+MASK_WIDGETS = {
+    "mask": ("MASK", {"tooltip": "Optional: where the paste may change pixels (white) and where never (black), "
+             "e.g. a hand in front of the face. The images' size; one mask for all images or one per image."}),
+    "mask_parts": ("STRING", {"default": "all", "tooltip": "mask_shape parsing only: the face parts pasted, "
+                   "comma-separated from skin, brows, eyes, glasses, ears, nose, mouth, lips (all: every one; leave "
+                   "out glasses to keep the original glasses). Hair, hat, earrings, necklace, neck, cloth and "
+                   "background are never pasted over."}),
+    "parser": (list(ops.PARSERS), {"default": "parsenet", "tooltip": "mask_shape parsing only: the face-parsing "
+               "network (parsing_parsenet.pth or parsing_bisenet.pth)."}),
+}
 # Optional and last (after every older widget), so saved workflows keep loading with their values in place; the
 # defaults (temporal off) give exactly the per-image results.
 TEMPORAL_WIDGETS = {
@@ -97,17 +113,18 @@ class VSPBFRPasteFaces:
                                      "tooltip": "1: the restored face; 0: the original face."}),
             "feather": ("FLOAT", {"default": 50.0, "min": 0.0, "max": 230.0, "step": 1.0, "tooltip": "Soft edge "
                                   "width, in pixels of a 512 crop (0: hard edge)."}),
-            "mask_shape": (list(ops.MASK_SHAPES), {"default": "square", "tooltip": "square: the whole crop with "
-                           "soft sides; ellipse: the face oval only (keeps the original hair and background)."}),
+            "mask_shape": MASK_SHAPE,
             "color_correction": (list(ops.COLOR_CORRECTIONS), {"default": "none", "tooltip": "Match the restored "
                                  "face's colours to the original: meanstd (Lab statistics) or wavelet (low "
                                  "frequencies)."}),
             "upscale": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 8.0, "step": 0.5, "tooltip": "Scale of the "
                                   "output; faces are pasted at the new scale."}),
-        }, "optional": {"vae": IMAGE_INPUTS["vae"]}, "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
+        }, "optional": {"vae": IMAGE_INPUTS["vae"], **MASK_WIDGETS},
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
 
     def paste(self, image, faces, restored, visibility, feather, mask_shape, color_correction, upscale, vae=None,
-              prompt=None, unique_id=None):
-        out, mask = ops.paste(image, faces, restored, visibility=visibility, feather=feather, mask_shape=mask_shape,
-                              color_correction=color_correction, upscale=upscale)
-        return (out, mask, ops.latent_output(vae, out, prompt, unique_id, 2))
+              mask=None, mask_parts="all", parser="parsenet", prompt=None, unique_id=None):
+        out, out_mask = ops.paste(image, faces, restored, visibility=visibility, feather=feather,
+                                  mask_shape=mask_shape, color_correction=color_correction, upscale=upscale,
+                                  mask=mask, mask_parts=ops.parts_widget(mask_parts), parser=parser)
+        return (out, out_mask, ops.latent_output(vae, out, prompt, unique_id, 2))

@@ -47,6 +47,7 @@ class FaceSet:
     # where the paste may change pixels: MASK-like [B, H, W] float in [0, 1] on the CPU, image space (e.g. the union
     # of the SEG masks the faces came from, nodes.segs); None: no limit. Multiplied into every face's paste mask.
     limit: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    keep_parser: Any = field(default=None, repr=False, compare=False)   # the parsing network a paste used (cache)
 
     def __len__(self) -> int:
         return len(self.detections)

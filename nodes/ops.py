@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from ..vspbfr_core import face as face_names
 from ..vspbfr_core import memory
 from ..vspbfr_core.checks import check_bool, check_choice, check_float, check_int, describe_value
 from ..vspbfr_core.errors import InputError
@@ -58,7 +59,9 @@ KINDS = ("style_encoder_decoder", "code_diffuser", "restoration_net")
 DETECTOR_AUTO = "auto"              # the RetinaFace file that is there (resnet50 first), see vspbfr_core.paths
 DETECTORS = (DETECTOR_AUTO, "retinaface_resnet50", "retinaface_mobile0.25")
 ORDERS = ("left-right", "top-bottom", "area", "score")
-MASK_SHAPES = ("square", "ellipse")
+MASK_SHAPES = face_names.MASK_SHAPES          # square, ellipse, landmarks, parsing
+DEFAULT_MASK_SHAPE = face_names.DEFAULT_MASK_SHAPE
+PARSERS = ("parsenet", "bisenet")               # vspbfr_core.face.parsing.PARSERS
 COLOR_CORRECTIONS = ("none", "meanstd", "wavelet")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEFAULT_THRESHOLD = 0.97            # vspbfr_core.face.DEFAULT_THRESHOLD (FaceRestoreHelper's)
@@ -99,6 +102,18 @@ class LoadedEmbedder:
     @property
     def patchers(self) -> list[Any]:
         return [] if self.patcher is None else [self.patcher]
+
+
+class LoadedParser:
+    """A face-parsing network (mask_shape "parsing") and its ModelPatcher, held weakly like :class:`LoadedDetector`
+    (the VSPBFR_FACES / VSPBFR_MODEL object of the node that used it keeps it loaded)."""
+
+    def __init__(self, name: str, parser: Any, patcher: Any):
+        self.name, self.parser, self.patcher = name, parser, patcher
+
+
+# (name, path, mtime) -> the loaded parser, while anything holds it
+_PARSERS: weakref.WeakValueDictionary[tuple[str, str, float], LoadedParser] = weakref.WeakValueDictionary()
 
 
 # (name, path, mtime, device) -> the loaded embedder, while anything holds it
@@ -665,18 +680,79 @@ def _restore_identity(handle: ModelHandle, rgb: torch.Tensor, keys: list[int], o
 
 # -- paste-back ------------------------------------------------------------------------------------------------------
 
+def get_parser(name: str = "parsenet") -> LoadedParser:
+    """Face-parsing network ``name`` from ``facedetection`` / ``facexlib`` / ``vspbfr`` and its patcher, loaded once
+    per file while anything holds it; a missing file raises naming the file, the folders and the download command."""
+    from ..vspbfr_core.face.parsing import find_parser_file, load_parser
+
+    check_choice(name, "parser", PARSERS)
+    path = find_parser_file(name, host.parsing_dirs())
+    key = (name, str(path), os.path.getmtime(path))
+    loaded = _PARSERS.get(key)
+    if loaded is None:
+        parser = load_parser(name, path, device=host.offload_device())
+        patcher = host.wrap_model(parser, sum(t.numel() * t.element_size() for t in parser.state_dict().values()))
+        loaded = LoadedParser(name, parser, patcher)
+        _PARSERS[key] = loaded
+    return loaded
+
+
+def _active_parser(loaded: LoadedParser) -> Any:
+    """The parser on the device the memory manager put it on (it runs there; the masks come back to the paste)."""
+    device = host.load_models([loaded.patcher])
+    if not _on_device(loaded.parser, device):
+        loaded.parser.to(device)
+    return loaded.parser
+
+
+def parts_widget(text: Any) -> str | None:
+    """The mask_parts widget -> RestoreOptions.mask_parts ("all" or empty: None, the default set)."""
+    if not isinstance(text, str):
+        raise InputError(f"mask_parts: expected a comma-separated list of face parts, got {describe_value(text)}")
+    return None if text.strip().lower() in ("", "all") else text
+
+
+def paste_limit(faces: FaceSet, mask: torch.Tensor | None, batch: int, height: int, width: int
+                ) -> torch.Tensor | None:
+    """Where the paste may change pixels, ``[B, H, W]`` on the CPU: the faces' own limit (SEGS masks) times the
+    user's MASK (``[H, W]``, ``[1, H, W]`` for every image, or ``[B, H, W]``); None when there is neither."""
+    limits = []
+    for name, m in (("faces", faces.limit), ("mask", mask)):
+        if m is None:
+            continue
+        if not isinstance(m, torch.Tensor) or not m.is_floating_point():
+            raise InputError(f"{name}: expected a MASK (a float tensor [B, H, W] in [0, 1]), got {describe_value(m)}")
+        m = m.detach().float().cpu()
+        if m.dim() == 2:
+            m = m.unsqueeze(0)
+        if m.dim() != 3 or tuple(m.shape[1:]) != (height, width) or m.shape[0] not in (1, batch):
+            raise InputError(f"{name}: the mask is {list(m.shape)} but the images are {batch} x {height}x{width}; "
+                             "give one mask of the images' size for all of them or one per image (resize the mask "
+                             "first, e.g. with a mask resize node)")
+        if not bool(torch.isfinite(m).all()) or bool((m < 0).any()) or bool((m > 1).any()):
+            raise InputError(f"{name}: mask values must be finite and in [0, 1]")
+        limits.append(m.expand(batch, height, width))
+    if not limits:
+        return None
+    return limits[0] if len(limits) == 1 else limits[0] * limits[1]
+
+
 def paste(images: torch.Tensor, faces: FaceSet, restored: torch.Tensor, *, visibility: float = 1.0,
           feather: float | None = None, mask_shape: str = "square", color_correction: str = "none",
-          upscale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+          upscale: float = 1.0, mask: torch.Tensor | None = None, mask_parts: str | None = None,
+          parser: str = "parsenet") -> tuple[torch.Tensor, torch.Tensor]:
     """Blend restored crops into the original IMAGE batch -> (IMAGE, MASK of the pasted area).
+
+    ``mask`` (a MASK of the images' size): pixels where it is 0 are never changed; it multiplies the faces' own
+    limit (the SEG masks of faces from VSPBFR SEGS to Faces).  ``mask_shape`` "parsing" runs the face-parsing
+    network ``parser`` on the restored and original crops (``mask_parts``: the parts pasted; None: all).
 
     Temporal faces (video frames) are pasted :data:`TEMPORAL_WINDOW` frames at a time, as the all-in-one node
     does, so the two give the same pixels whatever the batch length."""
-    from ..vspbfr_core.face import paste_faces
-
     check_choice(color_correction, "color_correction", COLOR_CORRECTIONS)
     check_choice(mask_shape, "mask_shape", MASK_SHAPES)
-    RestoreOptions(visibility=visibility, feather=feather, upscale=upscale).validate()
+    RestoreOptions(visibility=visibility, feather=feather, upscale=upscale, mask_shape=mask_shape,
+                   mask_parts=mask_parts or None).validate()
     _check_faces(faces, optional=False)
     rgb, layout = from_host(images)
     count = len(faces)
@@ -687,28 +763,47 @@ def paste(images: torch.Tensor, faces: FaceSet, restored: torch.Tensor, *, visib
                              "come from this detect node's crops, in the same order")
     else:
         crops = rgb.new_zeros(0, 3, faces.aligned.size, faces.aligned.size)
+    limit = paste_limit(faces, mask, *rgb.shape[:1], *rgb.shape[2:])
     _ensure_paste_memory(images, float(upscale), rgb.device)
+    loaded_parser = get_parser(parser) if mask_shape == "parsing" and count else None
     frames = images.shape[0]
     if faces.temporal and frames > TEMPORAL_WINDOW and faces.aligned.num_images == frames:
-        out = mask = None
+        out = out_mask = None
         for a, b in _slices(frames, TEMPORAL_WINDOW):
             part, where = _frame_window(faces, a, b)
             part = replace(part, aligned=_window_aligned(faces.aligned, where, a, b))
             o, m = paste(images[a:b], part, restored[where.to(restored.device)] if count else restored,
                          visibility=visibility, feather=feather, mask_shape=mask_shape,
-                         color_correction=color_correction, upscale=upscale)
+                         color_correction=color_correction, upscale=upscale,
+                         mask=None if limit is None else limit[a:b], mask_parts=mask_parts, parser=parser)
             if out is None:
-                out, mask = o.new_empty((frames, *o.shape[1:])), m.new_empty((frames, *m.shape[1:]))
-            out[a:b], mask[a:b] = o, m
-        return out, mask
+                out, out_mask = o.new_empty((frames, *o.shape[1:])), m.new_empty((frames, *m.shape[1:]))
+            out[a:b], out_mask[a:b] = o, m
+        return out, out_mask
+    return _paste_batch(rgb, layout, faces, crops, visibility=visibility, feather=feather, mask_shape=mask_shape,
+                        color_correction=color_correction, upscale=upscale, limit=limit, mask_parts=mask_parts,
+                        parser=loaded_parser)
+
+
+def _paste_batch(rgb: torch.Tensor, layout: Any, faces: FaceSet, crops: torch.Tensor, *, visibility: float,
+                 feather: float | None, mask_shape: str, color_correction: str, upscale: float,
+                 limit: torch.Tensor | None, mask_parts: str | None, parser: LoadedParser | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..vspbfr_core.face import paste_faces
+
     kwargs: dict[str, Any] = dict(visibility=visibility, mask_shape=mask_shape, upscale=upscale,
                                   color_correction=None if color_correction == "none" else color_correction)
     if feather is not None:
         kwargs["feather"] = feather
+    if limit is not None:
+        kwargs["limit"] = limit.to(rgb.device)
+    if parser is not None:
+        kwargs.update(parser=_active_parser(parser), mask_parts=mask_parts or None)
+        faces.keep_parser = parser            # loaded while the faces are cached (see LoadedParser)
     with memory.guard("paste", rgb.device, MEMORY_ADVICE):
-        out, mask = paste_faces(rgb.float(), crops.float().to(rgb.device), faces.aligned, **kwargs)
+        out, out_mask = paste_faces(rgb.float(), crops.float().to(rgb.device), faces.aligned, **kwargs)
         device = host.intermediate_device()
-        return to_host(out, layout).to(device), mask.float().to(device)
+        return to_host(out, layout).to(device), out_mask.float().to(device)
 
 
 def _ensure_paste_memory(images: torch.Tensor, upscale: float, device: torch.device) -> None:
@@ -725,19 +820,25 @@ def face_restore(handle: ModelHandle, images: torch.Tensor, *, detector: str, se
                  visibility: float = 1.0, selection: str = "all", only_center_face: bool = False,
                  upscale: float = 1.0, threshold: float = DEFAULT_THRESHOLD, keep_gray: bool = True,
                  identity: IdentitySettings | None = None, temporal: TemporalSettings | None = None,
-                 callback: Any = None) -> tuple[torch.Tensor, torch.Tensor, int, FaceSet, list[Any] | None]:
+                 mask_shape: str = DEFAULT_MASK_SHAPE, mask: torch.Tensor | None = None, mask_parts: str | None = None,
+                 parser: str = "parsenet", callback: Any = None) -> tuple[torch.Tensor, torch.Tensor, int, FaceSet, list[Any] | None]:
     """The all-in-one node: detect, restore and paste, with crops at the model's resolution.
 
     Returns the images, the paste mask, the number of faces restored, the faces found and (identity on) each
     face's identity record; faces that ``only_matching`` leaves alone are not pasted, so their pixels stay as
     they were.  ``temporal`` on: :func:`_face_restore_frames` (bounded memory; the FaceSet returned then holds the
-    detections and track ids but no crops)."""
+    detections and track ids but no crops).  ``mask_shape``, ``mask``, ``mask_parts``: as :func:`paste`."""
     _check_handle(handle)
     check_choice(detector, "facedetection", DETECTORS)
     check_bool(only_center_face, "only_center_face")
     settings = identity if identity is not None else IdentitySettings()
     RestoreOptions(seed=seed, prompt_mix=fidelity, visibility=visibility, upscale=upscale, selection=selection,
-                   threshold=threshold, keep_gray=keep_gray, **settings.options()).validate()
+                   threshold=threshold, keep_gray=keep_gray, mask_shape=mask_shape, mask_parts=mask_parts or None,
+                   **settings.options()).validate()
+    if isinstance(images, torch.Tensor) and images.dim() == 4:
+        paste_limit(FaceSet(None, None), mask, images.shape[0], images.shape[1], images.shape[2])   # early check
+    check_choice(parser, "parser", PARSERS)
+    paste_args: dict[str, Any] = dict(mask_shape=mask_shape, mask=mask, mask_parts=mask_parts, parser=parser)
     if temporal is not None and not isinstance(temporal, TemporalSettings):
         raise InputError(f"temporal: expected TemporalSettings from temporal_settings, got {describe_value(temporal)}")
     _refuse_identity_on_tracks(temporal is not None and temporal.on, settings)
@@ -747,7 +848,8 @@ def face_restore(handle: ModelHandle, images: torch.Tensor, *, detector: str, se
         handle.detector = loaded
         return _face_restore_frames(handle, images, loaded, temporal, seed=seed, fidelity=fidelity,
                                     visibility=visibility, selection="center" if only_center_face else selection,
-                                    upscale=upscale, threshold=threshold, keep_gray=keep_gray, callback=callback)
+                                    upscale=upscale, threshold=threshold, keep_gray=keep_gray, callback=callback,
+                                    paste_args=paste_args)
     # the identity network before any detection work (a missing ArcFace file is reported first)
     job = IdentityJob(settings, get_embedder(settings.embedder)) if settings.needed else None
     loaded = get_detector(detector)
@@ -768,8 +870,8 @@ def face_restore(handle: ModelHandle, images: torch.Tensor, *, detector: str, se
         if records is not None and not all(r.restored for r in records):
             keep = torch.tensor([r.restored for r in records], dtype=torch.bool)
             pasted, restored = _subset(faces, keep), restored[keep]
-    out, mask = paste(images, pasted, restored, visibility=visibility, upscale=upscale)
-    return out, mask, len(pasted), faces, records
+    out, out_mask = paste(images, pasted, restored, visibility=visibility, upscale=upscale, **paste_args)
+    return out, out_mask, len(pasted), faces, records
 
 
 def _frame_window(faces: FaceSet, a: int, b: int) -> tuple[FaceSet, torch.Tensor]:
@@ -785,16 +887,13 @@ def _frame_window(faces: FaceSet, a: int, b: int) -> tuple[FaceSet, torch.Tensor
 
 def _window_aligned(aligned: Any, where: torch.Tensor, a: int, b: int) -> Any:
     """The AlignedFaces ``where`` (the faces of frames ``a..b-1``) as aligned from that window of frames."""
-    k = where.to(aligned.crops.device)
-    return replace(aligned, crops=aligned.crops[k], affine=aligned.affine[where.to(aligned.affine.device)],
-                   inverse=aligned.inverse[where.to(aligned.inverse.device)],
-                   image_index=aligned.image_index[where.to(aligned.image_index.device)] - a, num_images=b - a)
+    return aligned.select(where, first_image=a, num_images=b - a)
 
 
 def _face_restore_frames(handle: ModelHandle, images: torch.Tensor, loaded: LoadedDetector,
                          temporal: TemporalSettings, *, seed: int, fidelity: float, visibility: float, selection: str,
-                         upscale: float, threshold: float, keep_gray: bool, callback: Any
-                         ) -> tuple[torch.Tensor, torch.Tensor, int, FaceSet, None]:
+                         upscale: float, threshold: float, keep_gray: bool, callback: Any,
+                         paste_args: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, int, FaceSet, None]:
     """The all-in-one node with temporal on, in memory that does not grow with the batch (beyond its input and
     output IMAGE):
 
@@ -839,7 +938,8 @@ def _face_restore_frames(handle: ModelHandle, images: torch.Tensor, loaded: Load
         if len(part):
             mixed = None if codes is None else StylePrompts(codes[where, 0], codes[where, 1])
             restored = _restore_slices(pipeline, crops, part.face_keys, options, mixed, progress)
-        frame_out, frame_mask = paste(images[a:b], part, restored, visibility=visibility, upscale=upscale)
+        frame_out, frame_mask = paste(images[a:b], part, restored, visibility=visibility, upscale=upscale,
+                                      **_window_paste_args(paste_args, a, b))
         if out is None:
             out = frame_out.new_empty((frames, *frame_out.shape[1:]))
             mask = frame_mask.new_empty((frames, *frame_mask.shape[1:]))
@@ -848,13 +948,19 @@ def _face_restore_frames(handle: ModelHandle, images: torch.Tensor, loaded: Load
     return out, mask, count, faces, None
 
 
+def _window_paste_args(paste_args: dict[str, Any] | None, a: int, b: int) -> dict[str, Any]:
+    """The paste arguments for frames ``a..b-1``: a per-frame user mask cut to the window."""
+    args = dict(paste_args or {})
+    m = args.get("mask")
+    if isinstance(m, torch.Tensor) and m.dim() == 3 and m.shape[0] > 1:
+        args["mask"] = m[a:b]
+    return args
+
+
 def _subset(faces: FaceSet, keep: torch.Tensor) -> FaceSet:
     """The faces of ``faces`` selected by the bool mask ``keep`` [F] (for pasting only the restored ones)."""
-    a = faces.aligned
-    k = keep.to(a.image_index.device)
-    aligned = replace(a, crops=a.crops[k.to(a.crops.device)], affine=a.affine[k.to(a.affine.device)],
-                      inverse=a.inverse[k.to(a.inverse.device)], image_index=a.image_index[k])
-    return FaceSet(faces.detections.index(keep), aligned, faces.detector, keep=faces.keep)
+    aligned = faces.aligned.select(keep)
+    return FaceSet(faces.detections.index(keep), aligned, faces.detector, keep=faces.keep, limit=faces.limit)
 
 
 # -- previews for web/js/vspbfr.js -----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import comfy_host as host
 from . import identity_ops, ops
-from .face_nodes import DETECTOR, IMAGE_INPUTS, SELECTION, TEMPORAL_WIDGETS
+from .face_nodes import DETECTOR, IMAGE_INPUTS, MASK_SHAPE, MASK_WIDGETS, SELECTION, TEMPORAL_WIDGETS
 from .identity_nodes import CANDIDATES, IDENTITY, IDENTITY_WIDGETS, REFERENCE, REFERENCE_MIX
 
 MODEL = ("VSPBFR_MODEL", {"tooltip": "The networks from the VSPBFR Load Model node."})
@@ -98,11 +98,13 @@ class VSPBFRFaceRestore:
                                   "tooltip": "Scale of the output; faces are pasted at the new scale."}),
             "seed": SEED,
         }, "optional": {**IMAGE_INPUTS, "keep_gray": KEEP_GRAY, **IDENTITY_WIDGETS, "reference": REFERENCE,
-                        **TEMPORAL_WIDGETS}, "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
+                        **TEMPORAL_WIDGETS, "mask_shape": MASK_SHAPE, **MASK_WIDGETS},
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
 
     def restore(self, model, facedetection, fidelity, visibility, only_center_face, selection, upscale, seed,
                 image=None, latent=None, vae=None, keep_gray=True, reference=None, prompt=None, unique_id=None,
-                temporal=False, smooth_alignment=2.0, smooth_wplus=2.0,
+                temporal=False, smooth_alignment=2.0, smooth_wplus=2.0, mask_shape=ops.DEFAULT_MASK_SHAPE, mask=None,
+                mask_parts="all", parser="parsenet",
                 **identity):                        # the IDENTITY_WIDGETS, by name (ops.identity_settings)
         images = ops.input_images(image, latent, vae)
         settings = ops.identity_settings(reference=reference, **identity)
@@ -110,6 +112,7 @@ class VSPBFRFaceRestore:
             model, images, detector=facedetection, seed=seed, fidelity=fidelity, visibility=visibility,
             selection=selection, upscale=upscale, only_center_face=only_center_face, keep_gray=keep_gray,
             identity=settings, temporal=ops.temporal_settings(temporal, smooth_alignment, smooth_wplus),
+            mask_shape=mask_shape, mask=mask, mask_parts=ops.parts_widget(mask_parts), parser=parser,
             callback=host.Progress())
         latent_out = ops.latent_output(vae, out, prompt, unique_id, 3)
         report = identity_ops.restore_report(faces, records, settings, images.shape[0])

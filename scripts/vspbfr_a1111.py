@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 
 import vspbfr_core  # noqa: F401  (import now: the extension folder is on sys.path only while this file runs)
 from vspbfr_core import paths as core_paths
+from vspbfr_core.face import DEFAULT_MASK_SHAPE, MASK_SHAPES
 from vspbfr_core.errors import InputError, ModelNotFoundError, VSPBFRError
 
 from modules import devices, face_restoration, script_callbacks, scripts, scripts_postprocessing, shared
@@ -127,8 +128,14 @@ SPECS: tuple[OptionSpec, ...] = (
                infotext="VSPBFR threshold", help="lower finds more (and more false) faces"),
     OptionSpec("color_correction", "none", "VSPBFR color correction", "choice", choices=("none", "meanstd", "wavelet"),
                infotext="VSPBFR color correction", help="match the restored face's colours to the original"),
-    OptionSpec("mask_shape", "square", "VSPBFR paste mask", "choice", choices=("square", "ellipse"),
-               infotext="VSPBFR mask"),
+    OptionSpec("mask_shape", DEFAULT_MASK_SHAPE, "VSPBFR paste mask", "choice", choices=MASK_SHAPES,
+               infotext="VSPBFR mask",
+               help="square: the whole crop; ellipse: the face oval; landmarks: a face shape from the five landmarks "
+                    "(keeps hair and background, no weights); parsing: only the face parts, by a face-parsing network "
+                    "(parsing_parsenet.pth in models/VSPBFR or models/GFPGAN)"),
+    OptionSpec("mask_parts", "all", "VSPBFR parsing mask: face parts", "text", infotext="VSPBFR mask parts",
+               help="paste mask 'parsing' only: comma-separated from skin, brows, eyes, glasses, ears, nose, mouth, "
+                    "lips (all: every one; leave out glasses to keep the original glasses)"),
     OptionSpec("keep_gray", True, "VSPBFR keep grayscale faces gray", "bool", infotext="VSPBFR keep gray",
                help="a face whose R, G and B are equal (a black-and-white photo) comes back gray; off: the colours "
                     "the network invents"),
@@ -203,6 +210,13 @@ def coerce(spec: OptionSpec, value: Any) -> Any:
 
         parse_selection(text)            # raises InputError with the accepted forms
         return text.lower() or "all"
+    if spec.field == "mask_parts":
+        from vspbfr_core.face.parsing import parse_parts
+
+        if text.lower() in ("", "all"):
+            return "all"
+        parse_parts(text)                # raises InputError naming the parts
+        return text.lower()
     if spec.field == "reference_layers":
         from vspbfr_core.identity.select import parse_layers
 
@@ -260,7 +274,8 @@ class ResolvedOptions:
                               prompt_mix=float(v["prompt_mix"]), bank_scale=float(v["bank_scale"]),
                               visibility=float(v["visibility"]),
                               color_correction=None if v["color_correction"] == "none" else v["color_correction"],
-                              mask_shape=v["mask_shape"], keep_gray=bool(v["keep_gray"]), **identity)
+                              mask_shape=v["mask_shape"], mask_parts=None if v["mask_parts"] == "all" else v["mask_parts"],
+                              keep_gray=bool(v["keep_gray"]), **identity)
 
     def infotext(self) -> dict[str, Any]:
         """Infotext entries: seed, visibility and fidelity always, the other options when not at their default;
@@ -574,6 +589,17 @@ class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
         self._net_key = key
         return self.net
 
+    def _ensure_parser(self, pipeline: Any) -> None:
+        """The face-parsing network of the 'parsing' paste mask, from models/VSPBFR or models/GFPGAN (where A1111's
+        own face restorers keep facexlib's parsing_parsenet.pth), loaded once onto the pipeline."""
+        if pipeline.parser is not None:
+            return
+        from vspbfr_core.face.parsing import find_parser_file
+
+        path = find_parser_file("parsenet", self._detector_dirs())      # names the file, folders and command
+        with host_model_load_lock():
+            pipeline.load_parser("parsenet", file=path)
+
     def send_model_to(self, device: Any) -> None:
         """Move the loaded networks (the base class would also touch facexlib's helper, which we never build)."""
         import torch
@@ -624,6 +650,8 @@ class VSPBFRFaceRestorer(_RestorerBase):  # type: ignore[misc, valid-type]
             return np_image.copy(), run
         with self._lock:
             pipeline = self._pipeline(options.detector)
+            if options.values["mask_shape"] == "parsing":
+                self._ensure_parser(pipeline)
             embedder = self._identity_model(options) if options.identity_on else None
             try:
                 result = self._run(pipeline, np_image, options, interruptible, embedder, references)
@@ -1064,6 +1092,8 @@ class VSPBFRPostprocessing(scripts_postprocessing.ScriptPostprocessing):
             with gr.Row():
                 controls["color_correction"] = dropdown("color_correction")
                 controls["mask_shape"] = dropdown("mask_shape")
+                controls["mask_parts"] = gr.Textbox(value=SPEC_BY_FIELD["mask_parts"].default,
+                                                    label=SPEC_BY_FIELD["mask_parts"].label, elem_id=eid("mask_parts"))
                 controls["detector"] = dropdown("detector", (DETECTOR_FROM_SETTINGS,))
                 controls["keep_gray"] = gr.Checkbox(value=SPEC_BY_FIELD["keep_gray"].default,
                                                     label=SPEC_BY_FIELD["keep_gray"].label, elem_id=eid("keep_gray"))

@@ -50,6 +50,7 @@ from . import memory
 from .checks import check_bool, check_choice, check_float, check_int, describe_value
 from .devices import resolve_device
 from .errors import InputError, InsufficientMemoryError, UnsupportedDtypeError, VSPBFRError
+from .face import DEFAULT_MASK_SHAPE
 from .image import check_bchw
 from .model import RestoreNoise, VSPBFRModel
 from .progress import Progress, ProgressCallback
@@ -84,7 +85,9 @@ class RestoreOptions:
     # paste-back
     visibility: float = 1.0                    # 1: restored face; 0: original face
     color_correction: str | None = None        # None | "meanstd" | "wavelet": match the restored face's colours
-    mask_shape: str = "square"                 # "square" (eroded + blurred, as facexlib) | "ellipse"
+    mask_shape: str = DEFAULT_MASK_SHAPE       # "square" (eroded + blurred, as facexlib) | "ellipse" | "landmarks"
+                                               # | "parsing" (a face-parsing network: VSPBFRPipeline.parser)
+    mask_parts: str | None = None              # parsing: the face parts pasted (face.parsing.parse_parts; None: all)
     feather: float | None = None               # soft-mask blur, in crop pixels at 512 (None: default)
     upscale: float = 1.0                       # whole-image scale factor of the output
     # gray inputs: a face whose crop has equal R, G, B (within GRAY_TOLERANCE) is restored in gray (BT.601 luma
@@ -110,6 +113,8 @@ class RestoreOptions:
         """
         from .identity.select import parse_layers
         from .face.detect import ORDERS, parse_selection
+        from .face.masks import MASK_SHAPES
+        from .face.parsing import parse_parts
         from .face.paste import FEATHER_MAX
 
         def selection() -> None:
@@ -131,7 +136,8 @@ class RestoreOptions:
             lambda: check_float(self.bank_scale, "bank_scale", minimum=0.0, maximum=4.0),
             lambda: check_float(self.visibility, "visibility", minimum=0.0, maximum=1.0),
             lambda: check_choice(self.color_correction, "color_correction", ("meanstd", "wavelet"), allow_none=True),
-            lambda: check_choice(self.mask_shape, "mask_shape", ("square", "ellipse")),
+            lambda: check_choice(self.mask_shape, "mask_shape", MASK_SHAPES),
+            lambda: self.mask_parts is None or parse_parts(self.mask_parts),
             lambda: self.feather is None or check_float(self.feather, "feather", minimum=0.0, maximum=FEATHER_MAX),
             lambda: check_float(self.upscale, "upscale", minimum=1.0, maximum=8.0),
             lambda: check_bool(self.keep_gray, "keep_gray"),
@@ -307,6 +313,7 @@ class VSPBFRPipeline:
         if compile:     # opt-in torch.compile; a dict holds torch.compile options (mode, backend, dynamic)
             self.model.compile_networks(**(compile if isinstance(compile, dict) else {}))
         self.detector = detector.eval() if detector is not None else None
+        self.parser: Any = None        # a face-parsing network for mask_shape "parsing" (see load_parser)
         self.low_memory = low_memory
         self.device = torch.device("cpu")
         self.dtype = torch.float32
@@ -382,8 +389,27 @@ class VSPBFRPipeline:
             self.model.set_precision(dtype, target if not self.low_memory else self.offload_device)
             if self.detector is not None:
                 self.detector.to(target)
+            if self.parser is not None:
+                self.parser.to(target)
         self.device, self.dtype = target, dtype
         return self
+
+    def load_parser(self, name: str = "parsenet", models_dir: str | os.PathLike[str] | None = None, *,
+                    file: str | os.PathLike[str] | None = None) -> Any:
+        """Load the face-parsing network of ``mask_shape="parsing"`` (``parsing_parsenet.pth`` from the models
+        folder, or ``file``) onto this pipeline's device; kept as :attr:`parser` and returned."""
+        from .face.parsing import find_parser_file, load_parser
+        from .paths import resolve_models_dir
+
+        path = Path(file) if file is not None else find_parser_file(name, [resolve_models_dir(models_dir)])
+        self.parser = load_parser(name, path, device=self.device)
+        return self.parser
+
+    def _check_parser(self, o: RestoreOptions, where: str) -> None:
+        if o.mask_shape == "parsing" and self.parser is None:
+            raise InputError(f"{where}: mask_shape 'parsing' needs the face-parsing network: call "
+                             "pipeline.load_parser() (file parsing_parsenet.pth; `vspbfr download --only parsing` "
+                             "fetches it), or use mask_shape 'landmarks', which needs no weights")
 
     def _use(self, *names: str) -> None:
         """Low-memory mode: only the named networks on the device, the others on the offload device."""
@@ -597,8 +623,12 @@ class VSPBFRPipeline:
 
     @_guarded("paste")
     def paste(self, images_bchw: torch.Tensor, restored: torch.Tensor, aligned: Any,
-              options: RestoreOptions | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Blend restored crops ``[F, C, R, R]`` in [0, 1] into the images ``[B, C, H, W]`` they were aligned from."""
+              options: RestoreOptions | None = None, mask: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blend restored crops ``[F, C, R, R]`` in [0, 1] into the images ``[B, C, H, W]`` they were aligned from.
+
+        ``mask`` (``[B, H, W]`` or ``[H, W]`` in [0, 1], the images' size): pixels where it is 0 are never changed
+        (a hand in front of a face, a region to protect)."""
         from .face import paste_faces
 
         if not isinstance(images_bchw, torch.Tensor):       # values are checked by paste_faces
@@ -606,8 +636,11 @@ class VSPBFRPipeline:
                              f"{type(images_bchw).__name__}")
         check_bchw(restored, "paste: restored crops", dims="F, C, R, R", allow_empty=True)
         o = resolve_options(options, where="paste: options")
+        self._check_parser(o, "paste")
         kwargs: dict[str, Any] = dict(visibility=o.visibility, mask_shape=o.mask_shape,
-                                      color_correction=o.color_correction, upscale=o.upscale)
+                                      color_correction=o.color_correction, upscale=o.upscale, limit=mask)
+        if o.mask_shape == "parsing":
+            kwargs.update(parser=self.parser, mask_parts=o.mask_parts)
         if o.feather is not None:
             kwargs["feather"] = o.feather
         return paste_faces(images_bchw.to(self.device), restored.to(self.device, images_bchw.dtype), aligned, **kwargs)
@@ -636,13 +669,14 @@ class VSPBFRPipeline:
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, options: RestoreOptions | None = None, *,
                  callback: ProgressCallback | None = None, embedder: Any = None, reference: Any = None,
-                 **overrides: Any) -> RestoreResult:
+                 mask: torch.Tensor | None = None, **overrides: Any) -> RestoreResult:
         """Restore every selected face of an IMAGE batch ``[B, H, W, C]`` in [0, 1] (C = 1, 3 or 4).
 
         ``embedder`` (:func:`vspbfr_core.identity.load_embedder`) turns on the identity features: the scores in
         ``result.identity``, best-of-N (``candidates``), and with ``reference`` (:meth:`make_reference`)
         ``only_matching`` and ``reference_mix`` (see :mod:`vspbfr_core.identity.select`).  Without them the
-        restoration is the plain one, byte for byte.
+        restoration is the plain one, byte for byte.  ``mask`` (``[B, H, W]`` or ``[H, W]`` in [0, 1], the
+        images' size): pixels where it is 0 are never changed (see :meth:`paste`).
         """
         from .identity.select import check_identity_request
         from .image import from_host
@@ -650,6 +684,7 @@ class VSPBFRPipeline:
         o = resolve_options(options, overrides, "VSPBFRPipeline")
         _check_callback(callback, "VSPBFRPipeline")
         check_identity_request(o, embedder, reference, "VSPBFRPipeline")
+        self._check_parser(o, "VSPBFRPipeline")
         with memory.guard("restoring the image batch", self.device, MEMORY_ADVICE):
             rgb, layout = from_host(images)
             batch, _, height, width = rgb.shape
@@ -657,10 +692,14 @@ class VSPBFRPipeline:
             self._ensure_memory(batch, layout.channels, out_h, out_w,
                                 f"restoring {batch} image(s) of {width}x{height} at upscale {o.upscale:g} "
                                 f"({out_w}x{out_h})", (height, width))
-            return self._restore(images, rgb, layout, o, callback, embedder, reference)
+            if mask is not None:
+                from .face.paste import check_user_mask
+                mask = check_user_mask(mask, batch, height, width)          # before any network runs
+            return self._restore(images, rgb, layout, o, callback, embedder, reference, mask)
 
     def _restore(self, images: torch.Tensor, rgb: torch.Tensor, layout: Any, o: RestoreOptions,
-                 callback: ProgressCallback | None, embedder: Any = None, reference: Any = None) -> RestoreResult:
+                 callback: ProgressCallback | None, embedder: Any = None, reference: Any = None,
+                 mask: torch.Tensor | None = None) -> RestoreResult:
         from .identity import select
         from .image import to_host
 
@@ -703,7 +742,7 @@ class VSPBFRPipeline:
         if faces is not None and not all(f.restored for f in faces):
             keep = torch.tensor([f.restored for f in faces], dtype=torch.bool)
             pasted, pasted_faces = restored[keep.to(restored.device)], _subset(aligned, keep)
-        out, masks = self.paste(rgb, pasted, pasted_faces, o)
+        out, masks = self.paste(rgb, pasted, pasted_faces, o, mask)
         progress.step("paste")
         return RestoreResult(to_host(out, layout).cpu(), masks.float().cpu(), dets.to("cpu"), aligned.crops.float().cpu(),
                              restored.cpu(), style, o.seed, identity=faces)
@@ -767,9 +806,7 @@ class VSPBFRPipeline:
 
 def _subset(aligned: Any, keep: torch.Tensor) -> Any:
     """The faces of :class:`~vspbfr_core.face.AlignedFaces` selected by the bool mask ``keep`` [F]."""
-    k = keep.to(aligned.image_index.device)
-    return replace(aligned, crops=aligned.crops[k.to(aligned.crops.device)], affine=aligned.affine[k.to(aligned.affine.device)],
-                   inverse=aligned.inverse[k.to(aligned.inverse.device)], image_index=aligned.image_index[k])
+    return aligned.select(keep)
 
 
 def load_pipeline(models_dir: str | os.PathLike[str] | None = None, *, device: str | torch.device = "cpu",

@@ -49,6 +49,7 @@ class BatchConfig:
     needs_identity: bool = False                   # candidates > 1, a reference or only_matching
     references: tuple[str, ...] = ()               # reference photo locations
     threshold: float | None = None                 # detector threshold for the reference photos
+    parser: str = "parsenet"                       # the face-parsing network of mask_shape "parsing"
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,14 @@ class ItemResult:
 def options_key(config: BatchConfig) -> str:
     """A short hash of what decides the output bytes: the restore options, precision, threads, identity settings
     and references, aligned mode and the detector.  A rerun skips inputs done with the same key."""
-    doc = {"options": asdict(config.options), "dtype": config.dtype, "threads": config.threads,
+    options = asdict(config.options)
+    if options.get("mask_parts") is None:      # added later: unset, it leaves the keys of earlier runs as they were
+        options.pop("mask_parts", None)
+    doc = {"options": options, "dtype": config.dtype, "threads": config.threads,
            "tf32": config.allow_tf32, "aligned": config.aligned, "detector": config.detector,
            "identity": config.identity if config.needs_identity else None, "references": list(config.references)}
+    if config.options.mask_shape == "parsing":
+        doc["parser"] = config.parser
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -127,6 +133,8 @@ class FileRestorer:
         self.pipe = VSPBFRPipeline.from_dir(models, detector=detector, detector_dir=config.detector_dir,
                                             chunk_size=config.chunk_size, low_memory=config.low_memory,
                                             allow_tf32=config.allow_tf32).to(device, dtype)
+        if config.options.mask_shape == "parsing" and not config.aligned:
+            self.pipe.load_parser(config.parser, models)
         self.reference = None
         if config.references:
             from ..imagefile import read_image_bytes

@@ -65,7 +65,8 @@ def _config(args: argparse.Namespace, options: Any) -> Any:
                        chunk_size=args.chunk_size, low_memory=args.low_memory, threads=args.threads,
                        allow_tf32=args.tf32, aligned=args.aligned, identity=args.identity,
                        needs_identity=ident.scoring_reason(args) is not None,
-                       references=tuple(str(r) for r in args.reference or ()), threshold=args.threshold)
+                       references=tuple(str(r) for r in args.reference or ()), threshold=args.threshold,
+                       parser=args.parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,11 +81,14 @@ def _run(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..imagefile import EXTENSION_FORMATS
     from . import restore_identity as ident
-    from .restore import check_out_dir
+    from ..paths import resolve_models_dir
+    from .restore import check_out_dir, find_parser
 
     if not args.out or not args.out.strip():
         raise InputError("-o/--out: the output folder name is empty")
     options = options_from_args(args)
+    if not args.aligned:
+        find_parser(options, args.parser, resolve_models_dir(args.models))     # a missing file before any work
     ident.check_identity_args(args)
     resolve_device(args.device, what="--device")
     if args.compile:

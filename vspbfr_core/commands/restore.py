@@ -55,6 +55,7 @@ from typing import Any, TextIO
 
 from ..cli import number
 from ..errors import InputError, VSPBFRError
+from ..face import DEFAULT_MASK_SHAPE, MASK_SHAPES
 from ..imagefile import fit_name
 from .inputs import _inside, collect_inputs
 from .options import add_detector_options, add_device_option, add_selection_options
@@ -76,6 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", required=True, metavar="OUT_DIR", help="output folder")
     add_model_arguments(p)
     add_restoration_arguments(p)
+    p.add_argument("--mask", metavar="FILE", default=None,
+                   help="an image the size of the inputs (of every frame for videos): where it is black nothing is "
+                        "ever changed (a hand in front of a face, a logo), white may be restored, gray blends. Its "
+                        "gray level is used, or its alpha channel when it has transparency")
     add_video_options(p.add_argument_group("video files and frame sequences (see the README, Video)"))
     o = p.add_argument_group("extra outputs")
     o.add_argument("--save-faces", action="store_true", help="also write the aligned crops before/after to OUT_DIR/faces")
@@ -124,7 +129,18 @@ def add_restoration_arguments(p: argparse.ArgumentParser) -> None:
                    help="blend with the original face (0..1)")
     r.add_argument("--color-correction", choices=("none", "meanstd", "wavelet"), default="none",
                    help="match the restored face's colours to the original")
-    r.add_argument("--mask-shape", choices=("square", "ellipse"), default="square", help="paste-back mask shape")
+    r.add_argument("--mask-shape", choices=MASK_SHAPES, default=DEFAULT_MASK_SHAPE,
+                   help="paste-back mask: square (the whole crop, soft sides), ellipse (the face oval), landmarks (a "
+                        "face shape from the five landmarks: keeps the hair and background; no weights), parsing (a "
+                        "face-parsing network: only the face parts; needs parsing_parsenet.pth, `vspbfr download "
+                        "--only parsing`)")
+    r.add_argument("--mask-parts", metavar="LIST", default=None,
+                   help="--mask-shape parsing: the face parts to paste, comma-separated from skin, brows, eyes, "
+                        "glasses, ears, nose, mouth, lips (default: all of them; leave out glasses to keep the "
+                        "original glasses). Hair, hat, earrings, necklace, neck, cloth and background are never "
+                        "pasted over")
+    r.add_argument("--parser", choices=("parsenet", "bisenet"), default="parsenet",
+                   help="--mask-shape parsing: the network (parsing_parsenet.pth or parsing_bisenet.pth)")
     r.add_argument("--feather", metavar="PX", type=number(float, low=0), default=None,
                    help="paste-back mask softness in crop pixels at 512 (default: the standard softness, 50)")
     r.add_argument("--colorize-gray", action="store_true",
@@ -145,7 +161,8 @@ def options_from_args(args: argparse.Namespace) -> Any:
         seed=args.seed, threshold=args.threshold, min_size=args.min_size, max_faces=args.max_faces,
         selection=args.select, order=args.order, prompt_mix=args.prompt_mix, bank_scale=args.bank_scale,
         visibility=args.visibility, color_correction=None if args.color_correction == "none" else args.color_correction,
-        mask_shape=args.mask_shape, feather=args.feather, upscale=args.upscale, keep_gray=not args.colorize_gray,
+        mask_shape=args.mask_shape, mask_parts=args.mask_parts, feather=args.feather, upscale=args.upscale,
+        keep_gray=not args.colorize_gray,
         candidates=args.candidates, only_matching=args.only_matching, match_threshold=args.match_threshold,
         reference_mix=args.reference_mix, reference_layers=args.reference_layers)
     options.validate()
@@ -406,6 +423,7 @@ def _run(args: argparse.Namespace) -> int:
     report_path = ident.check_report_path(args.report, [src for src, _ in outputs],
                                           [plan.dst for plan in plans] + [job.dst for job in jobs])
     references = ident.read_references(args)
+    user_mask = read_user_mask(args.mask, args.aligned)
     failed: list[str] = []
     for path, reason in collected.failures:
         failed.append(str(path))
@@ -426,6 +444,7 @@ def _run(args: argparse.Namespace) -> int:
     models_dir = resolve_models_dir(args.models)
     detector = None if args.aligned else choose_detector(args.detector, [models_dir], detector_dir=args.detector_dir)
     embedder, identity_error = ident.load_identity(args, models_dir, device)      # before the heavy networks
+    parser_file = None if args.aligned else find_parser(options, args.parser, models_dir)
     print(f"loading the VSPBFR networks from {models_dir}" + (f" and face detector {detector}" if detector else "")
           + f" onto {device} {str(dtype).replace('torch.', '')}"
           + (f"; identity embedder {embedder.name}" if embedder is not None else ""), file=sys.stderr)
@@ -434,6 +453,8 @@ def _run(args: argparse.Namespace) -> int:
                                    detector_dir=args.detector_dir, chunk_size=args.chunk_size,
                                    low_memory=args.low_memory, compile=args.compile,
                                    allow_tf32=args.tf32).to(device, dtype)
+    if parser_file is not None:
+        pipe.load_parser(args.parser, file=parser_file)
     if args.reference_mix > 0:          # layer indices against this model's W+ (once, not as a failure per file)
         from ..identity.select import parse_layers
 
@@ -451,7 +472,9 @@ def _run(args: argparse.Namespace) -> int:
         report = ident.Report(report_path, ident.report_options(args, embedder, identity_error), args.candidates)
         for path, reason in collected.failures:
             report.failed(path, reason)
-    run_identity = dict(embedder=embedder, reference=reference)
+    run_identity: dict[str, Any] = dict(embedder=embedder, reference=reference)
+    if user_mask is not None:
+        run_identity["mask"] = user_mask
     writer = OutputWriter(out_dir, [src for src, _ in collected.files])
     progress = FileProgress(len(plans) + len(jobs))
     faces_total = frames_total = 0
@@ -528,6 +551,37 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{len(failed)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def read_user_mask(path: str | None, aligned: bool = False) -> Any:
+    """``--mask FILE`` -> ``[H, W]`` float in [0, 1] (its alpha when it has transparency, else its gray level);
+    None without one.  An unreadable file or ``--aligned`` (nothing is pasted) is an InputError."""
+    if path is None:
+        return None
+    if aligned:
+        raise InputError("--mask: --aligned inputs are restored as crops and never pasted back; leave out --mask")
+    from ..image import rgb_to_gray
+    from ..imagefile import read_image
+
+    try:
+        pixels = read_image(Path(path)).pixels[0]                            # [H, W, C] in [0, 1]
+    except (OSError, VSPBFRError) as exc:
+        raise InputError(f"--mask {path}: {exc}") from exc
+    if pixels.shape[-1] in (2, 4) and bool((pixels[..., -1] < 1).any()):
+        return pixels[..., -1].contiguous()
+    if pixels.shape[-1] >= 3:
+        return rgb_to_gray(pixels[..., :3].permute(2, 0, 1)[None])[0, 0].clamp(0, 1)
+    return pixels[..., 0].contiguous()
+
+
+def find_parser(options: Any, name: str, models_dir: Path) -> Path | None:
+    """The face-parsing file ``--mask-shape parsing`` needs (an error naming the download command when it is not
+    there, before any network loads); None for the other shapes."""
+    if options.mask_shape != "parsing":
+        return None
+    from ..face.parsing import find_parser_file
+
+    return find_parser_file(name, [models_dir])
 
 
 def _compare_image(before: Any, after: Any) -> Any:

@@ -253,7 +253,7 @@ def _frames_out(pipe: Any, frames: Iterator[Any], options: Any, args: argparse.N
         try:
             yield from restore_sequence(pipe, frames, options, smooth_alignment=args.smooth_alignment,
                                         smooth_wplus=args.smooth_wplus, window=WINDOW, callback=draw,
-                                        total_frames=job.total, stats=stats)
+                                        total_frames=job.total, stats=stats, mask=identity.get("mask"))
         finally:
             result.faces, result.tracks = stats.faces, stats.tracks
         return

@@ -13,6 +13,11 @@ from __future__ import annotations
 
 from .._lazy import lazy_getattr
 
+# paste-back mask shapes (face.paste: square, ellipse; face.masks: landmarks, parsing), here so that the command
+# line can list them without importing torch
+MASK_SHAPES = ("square", "ellipse", "landmarks", "parsing")
+DEFAULT_MASK_SHAPE = "square"
+
 _EXPORTS = {
     "DETECTOR_FILES": ".detect", "DETECTOR_URLS": ".detect", "DEFAULT_THRESHOLD": ".detect",
     "Detections": ".detect", "load_detector": ".detect", "load_detector_file": ".detect",
@@ -21,9 +26,10 @@ _EXPORTS = {
     "FFHQ_TEMPLATE_512": ".align", "AlignedFaces": ".align", "align_faces": ".align",
     "face_template": ".align", "estimate_similarity": ".align",
     "paste_faces": ".paste", "face_mask": ".paste", "color_correct": ".paste",
+    "landmark_masks": ".masks", "parsing_masks": ".masks",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "MASK_SHAPES", "DEFAULT_MASK_SHAPE"])
 
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

@@ -12,7 +12,7 @@ points to crop points, ``inverse`` maps back; both are ``[F, 2, 3]`` acting on `
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -52,9 +52,23 @@ class AlignedFaces:
     size: int                    # crop side in pixels
     image_size: tuple[int, int] = (0, 0)   # (H, W) of the source images
     num_images: int = 0          # B of the source batch
+    landmarks: torch.Tensor | None = None   # [F, 5, 2] float32: each face's five landmarks in crop pixels (None:
+                                            # unknown; the landmark paste mask then assumes the FFHQ template)
 
     def __len__(self) -> int:
         return int(self.image_index.shape[0])
+
+    def select(self, which: torch.Tensor, *, first_image: int = 0, num_images: int | None = None) -> AlignedFaces:
+        """The faces ``which`` (a bool mask ``[F]`` or indices) with every per-face field; ``first_image`` /
+        ``num_images`` renumber them as aligned from the images ``first_image ..`` of a window of that many."""
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t[which.to(t.device)]
+
+        index = pick(self.image_index)
+        return replace(self, crops=pick(self.crops), affine=pick(self.affine), inverse=pick(self.inverse),
+                       image_index=index - first_image if first_image else index,
+                       num_images=self.num_images if num_images is None else num_images,
+                       landmarks=None if self.landmarks is None else pick(self.landmarks))
 
 
 def face_template(size: int = 512, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
@@ -138,7 +152,8 @@ def align_faces(images: torch.Tensor, detections: Detections, size: int = 512, *
     if count == 0:
         empty = torch.zeros(0, 2, 3, device=device)
         return AlignedFaces(images.new_zeros(0, channels, size, size), empty, empty.clone(),
-                            torch.zeros(0, dtype=torch.long, device=device), size, (height, width), batch)
+                            torch.zeros(0, dtype=torch.long, device=device), size, (height, width), batch,
+                            torch.zeros(0, 5, 2, device=device))
 
     landmarks = detections.landmarks.to(device=device, dtype=torch.float64)
     affine = estimate_similarity(landmarks, face_template(size, device=device))      # [F, 2, 3] float64
@@ -166,7 +181,9 @@ def align_faces(images: torch.Tensor, detections: Detections, size: int = 512, *
             crops[torch.nonzero(index == b, as_tuple=True)[0].to(device)] = part
     image_index = detections.image_index.to(device)
     crops = crops.clamp_(0.0, 1.0).to(dtype)                  # bilinear weights can overshoot 1 by an ulp
-    return AlignedFaces(crops, affine.float(), inverse.float(), image_index, size, (height, width), batch)
+    in_crop = landmarks @ affine[:, :, :2].transpose(1, 2) + affine[:, None, :, 2]      # [F, 5, 2] crop pixels
+    return AlignedFaces(crops, affine.float(), inverse.float(), image_index, size, (height, width), batch,
+                        in_crop.float())
 
 
 def affine_grid(theta: torch.Tensor, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -41,7 +41,7 @@ the restored detail.  Both are the identity when the restored crop equals the or
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -51,10 +51,11 @@ from ..checks import check_bool, check_float
 from ..errors import InputError, NonFiniteError
 from ..image import check_bchw
 from .align import AlignedFaces, _to3x3, affine_grid, normalized_to_pixel, pixel_to_normalized
+from .masks import MASK_SHAPES, PER_FACE_SHAPES
 
 __all__ = ["FEATHER_DEFAULT", "paste_faces", "face_mask", "mask_from_crop_coords", "color_correct"]
 
-MaskShape = Literal["square", "ellipse"]
+MaskShape = Literal["square", "ellipse", "landmarks", "parsing"]
 ColorCorrection = Literal["meanstd", "wavelet"]
 
 ELLIPSE_AXES = (0.42, 0.49)      # semi-axes (x, y) of the ellipse mask, fraction of the crop side
@@ -110,9 +111,10 @@ def face_mask(size: int = 512, shape: MaskShape = "square", feather: float = FEA
     return torch.where(mask < 1e-6, 0.0, mask).to(dtype)          # no denormals in the tails
 
 
-def _check_mask_args(shape: str, feather: float) -> None:
-    if not isinstance(shape, str) or shape not in ("square", "ellipse"):
-        raise InputError(f"mask_shape {shape!r}: use 'square' or 'ellipse'")
+def _check_mask_args(shape: str, feather: float, shapes: tuple[str, ...] = ("square", "ellipse")) -> None:
+    if not isinstance(shape, str) or shape not in shapes:
+        raise InputError(f"mask_shape {shape!r}: use " + ", ".join(repr(s) for s in shapes[:-1])
+                         + f" or {shapes[-1]!r}")
     try:
         check_float(feather, "feather", minimum=0.0, maximum=FEATHER_MAX)
     except InputError as exc:
@@ -213,7 +215,8 @@ def _group_faces(areas: list[int]) -> list[list[int]]:
 
 def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFaces, *, visibility: float = 1.0,
                 mask_shape: MaskShape = "square", feather: float = FEATHER_DEFAULT,
-                color_correction: ColorCorrection | None = None, upscale: float = 1.0, keep_detail: bool = True
+                color_correction: ColorCorrection | None = None, upscale: float = 1.0, keep_detail: bool = True,
+                parser: Any = None, mask_parts: Any = None, limit: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Blend restored face crops into their images.
 
@@ -223,7 +226,8 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
             ``aligned.size`` (e.g. a restorer that doubles the resolution).
         aligned: from :func:`~vspbfr_core.face.align_faces`.
         visibility: 0 keeps the original face, 1 the restored one; in between blends the two.
-        mask_shape: ``"square"`` or ``"ellipse"`` (see the module docstring).
+        mask_shape: ``"square"`` or ``"ellipse"`` (see the module docstring), ``"landmarks"`` or ``"parsing"``
+            (one mask per face, see :mod:`.masks`; ``parsing`` needs ``parser``).
         feather: width of the soft edge in pixels of a 512 crop (scaled with the crop; 0 = hard edge;
             default 50, like FaceRestoreHelper's mask).
         color_correction: ``None``, ``"meanstd"`` or ``"wavelet"`` (against the aligned original crop).
@@ -232,6 +236,13 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
         keep_detail: keep the original's pixels where the restorer changed nothing (see the module
             docstring): an unmodified crop pastes back to float rounding and untouched areas inside the crop are
             not softened by the two resampling steps.  False pastes the resampled restored crop as is.
+        parser: a :class:`~vspbfr_core.face.parsing.FaceParser` (``mask_shape="parsing"`` only).
+        mask_parts: the face parts the parsing mask pastes (:func:`~vspbfr_core.face.parsing.parse_parts`; None:
+            its default set).
+        limit: where pixels may change at all, ``[B, H, W]`` (or ``[H, W]`` for every image) in [0, 1] at the
+            input size (an occlusion or user mask): every face's mask is multiplied by it (resized bilinearly to
+            the output, and exactly 0 wherever its nearest input pixel is 0), so pixels where it is 0 keep the
+            original (resized) values bit for bit.
 
     Returns:
         ``(images [B, C, H', W'], mask [B, H', W'])`` with ``H' = round(H * upscale)``; the mask is the
@@ -246,12 +257,14 @@ def paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFa
     """
     with memory.guard("paste_faces", images.device if isinstance(images, torch.Tensor) else None):
         return _paste_faces(images, restored, aligned, visibility=visibility, mask_shape=mask_shape, feather=feather,
-                            color_correction=color_correction, upscale=upscale, keep_detail=keep_detail)
+                            color_correction=color_correction, upscale=upscale, keep_detail=keep_detail,
+                            parser=parser, mask_parts=mask_parts, limit=limit)
 
 
 def _paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedFaces, *, visibility: float,
                  mask_shape: MaskShape, feather: float, color_correction: ColorCorrection | None, upscale: float,
-                 keep_detail: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                 keep_detail: bool, parser: Any = None, mask_parts: Any = None, limit: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     images = check_bchw(images, "paste_faces: images")
     batch, channels, height, width = images.shape
     if not isinstance(aligned, AlignedFaces):
@@ -269,7 +282,10 @@ def _paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedF
             raise InputError(f"paste_faces: restored must be [{count}, {channels}, R, R] (one square crop per "
                              f"aligned face), got {tuple(restored.shape)}")
     visibility = check_float(visibility, "paste_faces: visibility", minimum=0.0, maximum=1.0)
-    _check_mask_args(mask_shape, feather)
+    _check_mask_args(mask_shape, feather, MASK_SHAPES)
+    if mask_shape == "parsing":
+        _check_parser(parser, mask_parts)
+    limit = check_user_mask(limit, batch, height, width)
     if color_correction is not None and (not isinstance(color_correction, str)
                                          or color_correction not in ("meanstd", "wavelet")):
         raise InputError(f"paste_faces: color_correction {color_correction!r}: use None, 'meanstd' or 'wavelet'")
@@ -315,10 +331,17 @@ def _paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedF
         if color_correction is not None:
             faces = color_correct(faces, original, color_correction)
     visible = [k for k in range(count) if areas[k] > 0]
+    image_index_list = aligned.image_index.tolist()
     f64 = torch.float64
 
-    # the mask is the same in every crop: sample one template with each face's grid
-    template = face_mask(res, mask_shape, float(feather), dtype=work, device=device)       # [R, R]
+    # square / ellipse: the same mask in every crop, one template sampled with each face's grid; landmarks /
+    # parsing: one mask per face
+    if mask_shape in PER_FACE_SHAPES:
+        templates = _face_templates(mask_shape, faces, original if (color_correction is not None or keep_detail)
+                                    else None, aligned, res, float(feather), parser, mask_parts, work, device)
+    else:
+        template = face_mask(res, mask_shape, float(feather), dtype=work, device=device)       # [R, R]
+    out_limit = _output_limit(limit, out_h, out_w, work, device) if limit is not None else None
     warped: dict[int, tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]] = {}
     for group in _group_faces([areas[k] for k in visible]):
         idx = sorted(visible[g] for g in group)
@@ -334,7 +357,9 @@ def _paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedF
         contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
         pick = slice(idx[0], idx[0] + len(idx)) if contiguous else idx
         sampled = F.grid_sample(faces[pick], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        alpha = F.grid_sample(template.expand(len(idx), 1, res, res), grid, mode="bilinear", padding_mode="zeros",
+        source = templates[pick].unsqueeze(1) if mask_shape in PER_FACE_SHAPES else template.expand(
+            len(idx), 1, res, res)
+        alpha = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros",
                               align_corners=False)                                         # [G, 1, rh, rw]
         if keep_detail:
             before = F.grid_sample(original[pick], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -345,7 +370,10 @@ def _paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedF
             x0, y0, x1, y1 = boxes[k]
             crop = (slice(None), slice(0, y1 - y0), slice(0, x1 - x0))
             extra = (before[j][crop], keep[j][crop]) if keep_detail else None
-            warped[k] = (sampled[j][crop], alpha[j][crop], extra)
+            a = alpha[j][crop]
+            if out_limit is not None:
+                a = a * out_limit[image_index_list[k], y0:y1, x0:x1]
+            warped[k] = (sampled[j][crop], a, extra)
 
     # composite in detection order (later faces on top); ``base`` is the original the changes apply to
     image_index = aligned.image_index.tolist()
@@ -382,6 +410,69 @@ def _paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedF
                              "runs here; the alignment of that face is probably degenerate): align the faces again",
                              stage="paste", network="paste-back", source="")
     return out, mask.clamp_(0.0, 1.0)
+
+
+def _check_parser(parser: Any, parts: Any) -> None:
+    from .parsing import FaceParser, parse_parts
+
+    if parser is None:
+        raise InputError("mask_shape 'parsing' needs a face-parsing network (parsing_parsenet.pth: get it with "
+                         "`vspbfr download --only parsing`, load it with vspbfr_core.face.load_parser); or use "
+                         "mask_shape 'landmarks', which needs no weights")
+    if not isinstance(parser, FaceParser):
+        raise InputError(f"parser: expected a FaceParser from load_parser, got {type(parser).__name__}")
+    if parts is not None:
+        parse_parts(parts)
+
+
+def check_user_mask(limit: Any, batch: int, height: int, width: int) -> torch.Tensor | None:
+    """The user / occlusion mask as ``[B, H, W]`` (checked: shape, finite, in [0, 1])."""
+    if limit is None:
+        return None
+    if not isinstance(limit, torch.Tensor) or not limit.is_floating_point() and limit.dtype != torch.bool:
+        raise InputError(f"paste_faces: mask (limit) must be a float tensor [B, H, W] in [0, 1], got "
+                         f"{type(limit).__name__ if not isinstance(limit, torch.Tensor) else limit.dtype}")
+    m = limit.float()
+    if m.dim() == 4 and m.shape[1] == 1:
+        m = m[:, 0]
+    if m.dim() == 2:
+        m = m.unsqueeze(0)
+    if m.dim() != 3 or tuple(m.shape[1:]) != (height, width) or m.shape[0] not in (1, batch):
+        raise InputError(f"paste_faces: the mask is {tuple(limit.shape)} but the images are {batch} x {height}x"
+                         f"{width}: give one mask [H, W] for every image or one per image [B, H, W] of the "
+                         "images' size")
+    if not _all_finite(m):
+        raise InputError("paste_faces: the mask contains NaN or infinite values")
+    if bool((m < 0).any()) or bool((m > 1).any()):
+        raise InputError("paste_faces: mask values must lie in [0, 1]")
+    return m.expand(batch, height, width)
+
+
+def _output_limit(limit: torch.Tensor, out_h: int, out_w: int, dtype: torch.dtype, device: torch.device
+                  ) -> torch.Tensor:
+    """The input-size mask at the output size: bilinear, and 0 wherever the nearest input pixel is 0."""
+    m = limit.to(device=device, dtype=dtype)
+    if tuple(m.shape[-2:]) == (out_h, out_w):
+        return m
+    up = F.interpolate(m.unsqueeze(1), size=(out_h, out_w), mode="bilinear", align_corners=False)[:, 0]
+    near = F.interpolate(m.unsqueeze(1), size=(out_h, out_w), mode="nearest")[:, 0]
+    return torch.where(near == 0, torch.zeros_like(up), up.clamp_(0.0, 1.0))
+
+
+def _face_templates(shape: str, faces: torch.Tensor, original: torch.Tensor | None, aligned: AlignedFaces, res: int,
+                    feather: float, parser: Any, parts: Any, dtype: torch.dtype, device: torch.device
+                    ) -> torch.Tensor:
+    """Per-face masks ``[F, R, R]`` in restored-crop space for the ``landmarks`` / ``parsing`` shapes."""
+    from .masks import crop_landmarks, landmark_masks, parsing_masks
+
+    if shape == "landmarks":
+        return landmark_masks(crop_landmarks(aligned, res), res, feather, dtype=dtype, device=device)
+    if original is None:
+        original = aligned.crops.to(device=device, dtype=dtype)
+        if original.shape[-1] != res:
+            original = F.interpolate(original, size=(res, res), mode="bilinear", align_corners=False,
+                                     antialias=original.shape[-1] > res)
+    return parsing_masks(parser, faces, original, feather, parts).to(device=device, dtype=dtype)
 
 
 def _all_finite(x: torch.Tensor) -> bool:

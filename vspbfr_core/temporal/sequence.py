@@ -107,8 +107,8 @@ class _Frame:
 def restore_sequence(pipeline: Any, frames: Iterable[torch.Tensor] | torch.Tensor, options: Any = None, *,
                      smooth_alignment: float = 0.0, smooth_wplus: float = 0.0, window: int = 16,
                      callback: Callable[[int, int, str], None] | None = None, total_frames: int | None = None,
-                     tracker: FaceTracker | None = None, stats: SequenceStats | None = None
-                     ) -> Iterator[torch.Tensor]:
+                     tracker: FaceTracker | None = None, stats: SequenceStats | None = None,
+                     mask: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Restore consecutive frames; yields IMAGE batches ``[n, H, W, C]``, one output frame per input frame.
 
     Args:
@@ -126,6 +126,8 @@ def restore_sequence(pipeline: Any, frames: Iterable[torch.Tensor] | torch.Tenso
         total_frames: the clip length, when known (progress only).
         tracker: a configured :class:`FaceTracker` (default: a fresh one with its defaults).
         stats: a :class:`SequenceStats` to fill in (frames, faces restored, tracks) as frames come out.
+        mask: ``[H, W]`` in [0, 1] at the frames' size, for every frame: pixels where it is 0 are never changed
+            (see :meth:`~vspbfr_core.pipeline.VSPBFRPipeline.paste`).
     """
     from ..pipeline import resolve_options
 
@@ -155,8 +157,10 @@ def restore_sequence(pipeline: Any, frames: Iterable[torch.Tensor] | torch.Tenso
                          f"{describe_value(frames)}")
     if stats is not None and not isinstance(stats, SequenceStats):
         raise InputError(f"restore_sequence: stats must be a SequenceStats or None, got {describe_value(stats)}")
-    return _Driver(pipeline, o, smooth_alignment, smooth_wplus, window, callback, total_frames,
-                   tracker, stats if stats is not None else SequenceStats()).run(frames)
+    driver = _Driver(pipeline, o, smooth_alignment, smooth_wplus, window, callback, total_frames,
+                     tracker, stats if stats is not None else SequenceStats())
+    driver.mask = mask
+    return driver.run(frames)
 
 
 class _Driver:
@@ -173,6 +177,7 @@ class _Driver:
         self.to_align: deque[_Frame] = deque()
         self.to_render: deque[_Frame] = deque()
         self.pending: dict[int, _Frame] = {}       # frames waiting for smoothed values, by index
+        self.mask: torch.Tensor | None = None      # the user mask every frame's paste is limited by
         self.read = self.done = 0
         self.size: tuple[int, ...] | None = None
 
@@ -295,7 +300,7 @@ class _Driver:
             codes = torch.stack([frame.codes[t] for t in frame.ids])         # [F, 2, num_ws, w_dim]
             style = StylePrompts(codes[:, 0].to(frame.ws.dtype), codes[:, 1].to(frame.prompts.dtype))
         restored, _ = pipe.restore_faces(frame.aligned.crops, style, options=o, face_keys=frame.ids)
-        out, _ = pipe.paste(rgb, restored, frame.aligned, o)
+        out, _ = pipe.paste(rgb, restored, frame.aligned, o, self.mask)
         if not torch.isfinite(out).all():
             raise VSPBFRError(f"restore_sequence: frame {frame.index} came out with non-finite values")
         return to_host(out, frame.layout).cpu()
