@@ -10,6 +10,9 @@ Sources (both injectable, so tests and mirrors can point elsewhere):
   ``detection_mobilenet0.25_Final.pth``. ``VSPBFR_DETECTOR_URL`` (or an argument) replaces the release folder.
 * ArcFace (identity scores, optional; only with ``only="identity"``): the same facexlib release,
   ``recognition_arcface_ir_se50.pth`` (sha256 known). ``VSPBFR_IDENTITY_URL`` (or an argument) replaces the folder.
+* Face parsing (the ``parsing`` paste mask, optional; only with ``only="parsing"``): facexlib's releases,
+  ``v0.2.2/parsing_parsenet.pth`` (the default) and ``v0.2.0/parsing_bisenet.pth`` (size and sha256 known).
+  ``VSPBFR_PARSING_URL`` (or an argument) replaces the release folder (one folder for both files).
 
 Each file goes through the same steps:
 
@@ -22,7 +25,8 @@ Each file goes through the same steps:
    (known value, or the hub's ``X-Linked-Etag`` when it is a sha256) are checked; wrong bytes delete the part file.
 4. The file must load: VSPBFR networks through :func:`vspbfr_core.checkpoints.load_checkpoint` with the expected
    kind, the detector with ``torch.load(weights_only=True)`` and RetinaFace keys, ArcFace through its strict loader
-   (:func:`vspbfr_core.identity.arcface.load_arcface`).
+   (:func:`vspbfr_core.identity.arcface.load_arcface`), the face parsers through theirs
+   (:func:`vspbfr_core.face.parsing.load_parser`).
 5. Only then ``os.replace`` gives it the final name, so a half or unverified file never has that name, and its
    size, sha256, URL and time go into ``vspbfr-downloads.json`` in the same folder (the sha256 of the VSPBFR files
    is not published, so this record is what later runs check against).
@@ -51,14 +55,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import CheckpointError, DownloadError, VSPBFRError
-from .paths import DETECTOR_FILES, IDENTITY_FILES, NETWORK_KINDS, resolve_models_dir
+from .paths import DETECTOR_FILES, IDENTITY_FILES, NETWORK_KINDS, PARSING_FILES, resolve_models_dir
 
 __all__ = [
     "HF_ENDPOINT_ENV", "DETECTOR_URL_ENV", "DEFAULT_HF_ENDPOINT", "HF_REPO", "DEFAULT_DETECTOR_BASE_URL",
     "RECORD_FILE", "RemoteFile", "DownloadResult", "ProgressCallback", "hf_endpoint", "detector_base_url",
     "vspbfr_remote_files", "detector_remote_file", "plan_downloads", "download_file", "download_models",
     "verify_model_file", "read_download_records", "check_present_file", "IDENTITY_URL_ENV",
-    "DEFAULT_IDENTITY_BASE_URL", "identity_base_url", "identity_remote_file",
+    "DEFAULT_IDENTITY_BASE_URL", "identity_base_url", "identity_remote_file", "PARSING_URL_ENV",
+    "DEFAULT_PARSING_BASE_URLS", "parsing_base_url", "parsing_remote_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,17 +71,22 @@ log = logging.getLogger(__name__)
 HF_ENDPOINT_ENV = "HF_ENDPOINT"
 DETECTOR_URL_ENV = "VSPBFR_DETECTOR_URL"
 IDENTITY_URL_ENV = "VSPBFR_IDENTITY_URL"
+PARSING_URL_ENV = "VSPBFR_PARSING_URL"
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 HF_REPO = "Wanglong2/VSPBFR"
 HF_REVISION = "main"
 DEFAULT_DETECTOR_BASE_URL = "https://github.com/xinntao/facexlib/releases/download/v0.1.0"
 DEFAULT_IDENTITY_BASE_URL = DEFAULT_DETECTOR_BASE_URL
+DEFAULT_PARSING_BASE_URLS: dict[str, str] = {
+    "parsenet": "https://github.com/xinntao/facexlib/releases/download/v0.2.2",
+    "bisenet": "https://github.com/xinntao/facexlib/releases/download/v0.2.0",
+}
 RECORD_FILE = "vspbfr-downloads.json"
 RECORD_FORMAT = "vspbfr-downloads-v1"
 PART_SUFFIX = ".part"
 USER_AGENT = "vspbfr-download/0.1 (+python-urllib)"
 
-Group = Literal["vspbfr", "detector", "identity"]
+Group = Literal["vspbfr", "detector", "identity", "parsing"]
 DetectorChoice = Literal["resnet50", "mobile0.25", "none"]
 ProgressCallback = Callable[[str, int, "int | None"], None]
 """``progress(file_name, bytes_done, bytes_total_or_None)``, called as bytes arrive; it may raise to cancel."""
@@ -95,6 +105,15 @@ _DETECTOR_FACTS: dict[str, dict[str, Any]] = {
 _IDENTITY_FACTS: dict[str, dict[str, Any]] = {
     "arcface": {"sha256": "a035c768259b98ab1ce0e646312f48b9e1e218197a0f80ac6765e88f8b6ddf28"},
 }
+# The face-parsing files: sizes and sha256 as published by several independent projects that pin facexlib's
+# weights (an Arch Linux PKGBUILD of facexlib 0.2.5 lists both digests next to the detector and ArcFace ones
+# above, which match ours; the BiSeNet file is byte-identical to face-parsing.PyTorch's 79999_iter.pth).
+_PARSING_FACTS: dict[str, dict[str, Any]] = {
+    "parsenet": {"size": 85_331_193,
+                 "sha256": "3d558d8d0e42c20224f13cf5a29c79eba2d59913419f945545d8cf7b72920de2"},
+    "bisenet": {"size": 53_289_463,
+                "sha256": "468e13ca13a9b43cc0881a9f99083a430e9c0a38abd935431d1c28ee94b26567"},
+}
 _RETINAFACE_PREFIXES = ("body.", "fpn.", "ssh1.", "ssh2.", "ssh3.", "ClassHead.", "BboxHead.", "LandmarkHead.")
 _RETINAFACE_BODY = {"resnet50": "body.layer", "mobile0.25": "body.stage1."}
 _RETRY_HTTP_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -105,8 +124,9 @@ class RemoteFile:
     """One file to download and what is known about it."""
     name: str                                         # file name in the models folder
     url: str                                          # where it is downloaded from
-    group: Group                                      # "vspbfr" network, "detector" or "identity"
-    kind: str                                         # checkpoint kind, detector (resnet50 / mobile0.25) or "arcface"
+    group: Group                                      # "vspbfr" network, "detector", "identity" or "parsing"
+    kind: str                                         # checkpoint kind, detector (resnet50 / mobile0.25), "arcface",
+                                                      # or a face parser ("parsenet" / "bisenet")
     size: int | None = None                           # exact byte count, when known
     sha256: str | None = None                         # full hex digest, when known
     sha256_affixes: tuple[str, str] | None = None     # (prefix, suffix) of the digest when only those are known
@@ -152,6 +172,22 @@ def identity_remote_file(embedder: str = "arcface", base_url: str | None = None)
                       **_IDENTITY_FACTS.get(embedder, {}))
 
 
+def parsing_base_url(parser: str = "parsenet", base_url: str | None = None) -> str:
+    """The folder face parser ``parser``'s file is downloaded from: ``base_url``, else ``$VSPBFR_PARSING_URL``, else
+    facexlib's release that holds it (v0.2.2 for parsenet, v0.2.0 for bisenet)."""
+    default = DEFAULT_PARSING_BASE_URLS.get(parser, DEFAULT_PARSING_BASE_URLS["parsenet"])
+    return (base_url or os.environ.get(PARSING_URL_ENV, "").strip() or default).rstrip("/")
+
+
+def parsing_remote_file(parser: str = "parsenet", base_url: str | None = None) -> RemoteFile:
+    """The weights file of face parser ``parser`` (``parsenet`` or ``bisenet``)."""
+    if parser not in PARSING_FILES:
+        raise DownloadError(f"unknown face-parsing network {parser!r}: choose one of {', '.join(PARSING_FILES)}")
+    name = PARSING_FILES[parser]
+    return RemoteFile(name=name, url=f"{parsing_base_url(parser, base_url)}/{name}", group="parsing", kind=parser,
+                      **_PARSING_FACTS.get(parser, {}))
+
+
 def vspbfr_remote_files(endpoint: str | None = None) -> list[RemoteFile]:
     """The three official VSPBFR network files (sizes and hashes unpublished, hence unknown)."""
     root = hf_endpoint(endpoint)
@@ -170,10 +206,12 @@ def detector_remote_file(detector: str, base_url: str | None = None) -> RemoteFi
 
 def plan_downloads(only: Group | None = None, detector: DetectorChoice = "resnet50", *,
                    hf_endpoint: str | None = None, detector_base_url: str | None = None,
-                   identity_base_url: str | None = None) -> list[RemoteFile]:
+                   identity_base_url: str | None = None, parsing_base_url: str | None = None,
+                   parsers: Sequence[str] = ("parsenet",)) -> list[RemoteFile]:
     """The files ``vspbfr download`` fetches: the networks when ``only`` is None or ``"vspbfr"``, the detector when it
     is None or ``"detector"`` (unless ``detector="none"``), the optional ArcFace identity file only when it is
-    ``"identity"`` (restoration never needs it, so the default download leaves it out)."""
+    ``"identity"`` (restoration never needs it, so the default download leaves it out), and the optional
+    face-parsing files of ``parsers`` only when it is ``"parsing"``."""
     files: list[RemoteFile] = []
     if only in (None, "vspbfr"):
         files += vspbfr_remote_files(hf_endpoint)
@@ -181,6 +219,8 @@ def plan_downloads(only: Group | None = None, detector: DetectorChoice = "resnet
         files.append(detector_remote_file(detector, detector_base_url))
     if only == "identity":
         files.append(identity_remote_file("arcface", identity_base_url))
+    if only == "parsing":
+        files += [parsing_remote_file(p, parsing_base_url) for p in dict.fromkeys(parsers)]
     return files
 
 
@@ -232,9 +272,21 @@ def verify_model_file(path: str | os.PathLike[str], kind: str) -> None:
     """Raise a :class:`VSPBFRError` unless ``path`` loads as ``kind``.
 
     ``kind`` is a network kind (strict load of the networks), a detector name (``torch.load(weights_only=True)``
-    and RetinaFace's key layout for that backbone) or ``"arcface"`` (the identity network's strict loader).
+    and RetinaFace's key layout for that backbone), ``"arcface"`` (the identity network's strict loader) or a face
+    parser, ``"parsenet"`` / ``"bisenet"`` (:func:`vspbfr_core.face.parsing.load_parser`, strict).
     """
     path = Path(path)
+    if kind in PARSING_FILES:
+        from .face.parsing import load_parser
+
+        try:
+            load_parser(kind, path)
+        except VSPBFRError:
+            raise
+        except Exception as exc:  # the unpickler's odd errors on garbage
+            raise CheckpointError(f"{path}: cannot be read as the {kind} face-parsing network ({type(exc).__name__}: "
+                                  f"{exc}); it is damaged or not a PyTorch file") from exc
+        return
     if kind in IDENTITY_FILES:
         from .identity.arcface import load_arcface
 
@@ -398,7 +450,8 @@ def _describe_network_error(exc: BaseException) -> tuple[str, bool]:
 
 _PROJECT_PAGES = {"vspbfr": f"{DEFAULT_HF_ENDPOINT}/{HF_REPO}/tree/{HF_REVISION}",
                   "detector": "https://github.com/xinntao/facexlib/releases/tag/v0.1.0",
-                  "identity": "https://github.com/xinntao/facexlib/releases/tag/v0.1.0"}
+                  "identity": "https://github.com/xinntao/facexlib/releases/tag/v0.1.0",
+                  "parsing": "https://github.com/xinntao/facexlib/releases (v0.2.2: parsenet, v0.2.0: bisenet)"}
 
 
 def _http_error_message(spec: RemoteFile, code: int, folder: Path) -> str:
@@ -653,6 +706,7 @@ def _download_file(spec: RemoteFile, folder: Path, *, progress: ProgressCallback
 def download_models(folder: str | os.PathLike[str] | None = None, *, only: Group | None = None,
                     detector: DetectorChoice = "resnet50", hf_endpoint: str | None = None,
                     detector_base_url: str | None = None, identity_base_url: str | None = None,
+                    parsing_base_url: str | None = None, parsers: Sequence[str] = ("parsenet",),
                     progress: ProgressCallback | None = None,
                     on_result: Callable[[DownloadResult], None] | None = None, timeout: float = 30.0,
                     retries: int = 3, backoff: float = 1.0) -> list[DownloadResult]:
@@ -664,7 +718,7 @@ def download_models(folder: str | os.PathLike[str] | None = None, *, only: Group
     """
     dest = resolve_models_dir(folder)
     specs = plan_downloads(only, detector, hf_endpoint=hf_endpoint, detector_base_url=detector_base_url,
-                           identity_base_url=identity_base_url)
+                           identity_base_url=identity_base_url, parsing_base_url=parsing_base_url, parsers=parsers)
     results: list[DownloadResult] = []
     failures: list[tuple[RemoteFile, str]] = []
     unreachable: dict[str, str] = {}

@@ -11,7 +11,9 @@ Inside it, each network is found under its official name (``style_encoder_decode
 ``restoration_net.pt``) or its converted name (same stem, ``.safetensors``, preferred when both exist); the RetinaFace
 detector under facexlib's names (``detection_Resnet50_Final.pth``, ``detection_mobilenet0.25_Final.pth``), in the
 models folder or a separate detector folder; the optional ArcFace identity network under facexlib's name
-(``recognition_arcface_ir_se50.pth``, :data:`IDENTITY_FILES`). Nothing here imports torch or touches the network.
+(``recognition_arcface_ir_se50.pth``, :data:`IDENTITY_FILES`) and the optional face-parsing networks of the
+``parsing`` paste mask under facexlib's names (``parsing_parsenet.pth``, ``parsing_bisenet.pth``,
+:data:`PARSING_FILES`). Nothing here imports torch or touches the network.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ __all__ = [
     "MODELS_ENV", "NETWORK_KINDS", "DETECTOR_FILES", "DETECTOR_ALIASES", "default_models_dir", "locate_models_dir",
     "resolve_models_dir", "model_file_candidates", "find_model_file", "DETECTOR_AUTO", "DETECTOR_PREFERENCE",
     "choose_detector", "HostHints", "set_host_hints", "host_hints", "download_command", "IDENTITY_FILES",
-    "identity_download_command",
+    "identity_download_command", "PARSING_FILES", "parsing_download_command",
 ]
 
 MODELS_ENV = "VSPBFR_MODELS"
@@ -47,6 +49,13 @@ DETECTOR_ALIASES: dict[str, str] = {                          # facexlib's model
 # never needs them.
 IDENTITY_FILES: dict[str, str] = {
     "arcface": "recognition_arcface_ir_se50.pth",              # facexlib's IR-SE-50 ArcFace, release v0.1.0
+}
+
+# Optional face-parsing networks (vspbfr_core.face.parsing) for the `parsing` paste mask, fetched with
+# `vspbfr download --only parsing`; restoration with the other mask shapes never needs them.
+PARSING_FILES: dict[str, str] = {
+    "parsenet": "parsing_parsenet.pth",                      # facexlib's ParseNet (from PSFRGAN), release v0.2.2
+    "bisenet": "parsing_bisenet.pth",                        # facexlib's BiSeNet (face-parsing.PyTorch), release v0.2.0
 }
 
 DETECTOR_AUTO = "auto"                                        # the detector whose file is there (see choose_detector)
@@ -74,20 +83,28 @@ def _cli_download_identity(target: Path) -> str:
     return f"vspbfr download --models {_quote(target)} --only identity"
 
 
+def _cli_download_parsing(target: Path, parser: str | None) -> str:
+    command = f"vspbfr download --models {_quote(target)} --only parsing"
+    return command + (f" --parser {parser}" if parser not in (None, "parsenet") else "")
+
+
 @dataclass(frozen=True)
 class HostHints:
     """What messages about model files tell the user to do, in the program that runs the core.
 
     ``download(folder, detector, only_detector)`` is the command that fetches the files into ``folder`` (``detector``
     is a short name such as ``mobile0.25``, or None for the default); ``download_identity(folder)`` fetches the
-    optional identity network (ArcFace) there; ``choose_folder`` says how to pick another models folder there.
-    The command line's are the defaults; ComfyUI and A1111 set their own with :func:`set_host_hints` (their Python
-    environments have no ``vspbfr`` script on the PATH).
+    optional identity network (ArcFace) there; ``download_parsing(folder, parser)`` the optional face-parsing network
+    ``parser`` (``parsenet`` or ``bisenet``; None: derived from ``download_identity``, whose ``--only identity``
+    becomes ``--only parsing``, so hosts that predate it keep their own command); ``choose_folder`` says how to pick
+    another models folder there. The command line's are the defaults; ComfyUI and A1111 set their own with
+    :func:`set_host_hints` (their Python environments have no ``vspbfr`` script on the PATH).
     """
 
     download: Callable[[Path, str | None, bool], str] = _cli_download
     choose_folder: str = f"--models DIR (or the {MODELS_ENV} environment variable)"
     download_identity: Callable[[Path], str] = _cli_download_identity
+    download_parsing: Callable[[Path, str | None], str] | None = None
 
 
 _hints = HostHints()
@@ -112,6 +129,20 @@ def download_command(target: PathLike, detector: str | None = None, *, only_dete
 def identity_download_command(target: PathLike) -> str:
     """The command that downloads the optional identity network (ArcFace) into ``target`` in this host."""
     return _hints.download_identity(_expand(target))
+
+
+def parsing_download_command(target: PathLike, parser: str | None = None) -> str:
+    """The command that downloads the optional face-parsing network ``parser`` (default ``parsenet``) into
+    ``target`` in this host."""
+    folder = _expand(target)
+    if _hints.download_parsing is not None:
+        return _hints.download_parsing(folder, parser)
+    if _hints.download_identity is not _cli_download_identity:
+        command = _hints.download_identity(folder)
+        if command.endswith("--only identity"):
+            command = command[: -len("identity")] + "parsing"
+            return command + (f" --parser {parser}" if parser not in (None, "parsenet") else "")
+    return _cli_download_parsing(folder, parser)
 
 
 def _expand(path: PathLike) -> Path:
@@ -161,13 +192,20 @@ def _identity_key(name: str) -> str | None:
     return next((key for key, fname in IDENTITY_FILES.items() if name == fname), None)
 
 
+def _parsing_key(name: str) -> str | None:
+    if name in PARSING_FILES:
+        return name
+    return next((key for key, fname in PARSING_FILES.items() if name == fname), None)
+
+
 def model_file_candidates(kind_or_name: str) -> tuple[tuple[str, ...], bool]:
     """File names to look for, in order, and whether they are detector files.
 
     ``kind_or_name`` is a network kind (``restoration_net``), an official or converted file name
     (``restoration_net.pt``: then the converted twin is accepted too), a detector name (``resnet50``,
     ``mobile0.25``, facexlib's ``retinaface_resnet50``) or detector file name, an identity network
-    (``arcface``) or its file name, or any other file name with a suffix (looked for as is).
+    (``arcface``) or its file name, a face-parsing network (``parsenet``, ``bisenet``) or its file name, or any
+    other file name with a suffix (looked for as is).
     """
     det = _detector_key(kind_or_name)
     if det is not None:
@@ -175,6 +213,9 @@ def model_file_candidates(kind_or_name: str) -> tuple[tuple[str, ...], bool]:
     ident = _identity_key(kind_or_name)
     if ident is not None:
         return (IDENTITY_FILES[ident],), False
+    parser = _parsing_key(kind_or_name)
+    if parser is not None:
+        return (PARSING_FILES[parser],), False
     stem, suffix = os.path.splitext(kind_or_name)
     if kind_or_name in NETWORK_KINDS:
         return tuple(kind_or_name + s for s in NETWORK_SUFFIXES), False
@@ -182,7 +223,7 @@ def model_file_candidates(kind_or_name: str) -> tuple[tuple[str, ...], bool]:
         return (kind_or_name,) + tuple(stem + s for s in NETWORK_SUFFIXES if s != suffix), False
     if suffix:
         return (kind_or_name,), False
-    known = ", ".join(list(NETWORK_KINDS) + list(DETECTOR_FILES) + list(IDENTITY_FILES))
+    known = ", ".join(list(NETWORK_KINDS) + list(DETECTOR_FILES) + list(IDENTITY_FILES) + list(PARSING_FILES))
     raise InputError(f"unknown model {kind_or_name!r}: give a network kind or detector ({known}) or a file name")
 
 
@@ -257,6 +298,10 @@ def _not_found_message(kind_or_name: str, names: tuple[str, ...], is_detector: b
         command = identity_download_command(target)
         also = (" (the identity network, optional: only identity scores, best-of-N candidates and reference photos "
                 "need it)")
+    elif _parsing_key(kind_or_name) is not None:
+        parser = _parsing_key(kind_or_name)
+        command = parsing_download_command(target, parser)
+        also = (f" (the {parser} face-parsing network, optional: only the 'parsing' paste mask needs it)")
     else:
         command = download_command(target)
         also = ""

@@ -1,11 +1,13 @@
-"""``vspbfr download [--models DIR] [--detector resnet50|mobile0.25|none] [--only vspbfr|detector|identity]``.
+"""``vspbfr download [--models DIR] [--detector resnet50|mobile0.25|none] [--only vspbfr|detector|identity|parsing]
+[--parser parsenet|bisenet|all]``.
 
 ``--models DIR`` names the models folder as in every other command; ``--to DIR`` is the same option (older spelling).
 
 Fetches the official VSPBFR networks (Hugging Face hub, ``HF_ENDPOINT`` for mirrors) and the facexlib RetinaFace
 detector into the models folder, resuming partial downloads and verifying every file; ``--only identity`` fetches the
-optional ArcFace identity network instead (identity scores; restoration does not need it). See
-:mod:`vspbfr_core.download`.
+optional ArcFace identity network instead (identity scores; restoration does not need it), ``--only parsing`` the
+optional face-parsing network of the ``parsing`` paste mask (``--parser``: parsenet, the default, bisenet or all).
+See :mod:`vspbfr_core.download`.
 """
 from __future__ import annotations
 
@@ -19,14 +21,17 @@ The models folder is --models (or --to), else $VSPBFR_MODELS, else the per-user 
 ($XDG_DATA_HOME/vspbfr/models or ~/.local/share/vspbfr/models; %LOCALAPPDATA%\\vspbfr\\models on Windows).
 Sources: $HF_ENDPOINT (default https://huggingface.co)/Wanglong2/VSPBFR/resolve/main/<file> and
 $VSPBFR_DETECTOR_URL (default https://github.com/xinntao/facexlib/releases/download/v0.1.0)/<file>;
---only identity: $VSPBFR_IDENTITY_URL (default: the same facexlib release)/recognition_arcface_ir_se50.pth.
+--only identity: $VSPBFR_IDENTITY_URL (default: the same facexlib release)/recognition_arcface_ir_se50.pth;
+--only parsing: $VSPBFR_PARSING_URL (default https://github.com/xinntao/facexlib/releases/download/v0.2.2, v0.2.0
+for bisenet)/parsing_parsenet.pth or parsing_bisenet.pth.
 An interrupted download is resumed by running the same command again."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("download", help="download the official model files (resumable, verified)",
                        description="Download the three VSPBFR networks and the RetinaFace face detector into\n"
-                                   "the models folder (--only identity: the optional ArcFace identity network).\n"
+                                   "the models folder (--only identity: the optional ArcFace identity network;\n"
+                                   "--only parsing: the optional face-parsing network of the 'parsing' mask).\n"
                                    "Files already present and valid are skipped; every new file is checked (size,\n"
                                    "sha256 where known, a load test) before it gets its final name.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,10 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="models folder to download into (--to is the same; default: see below)")
     p.add_argument("--detector", choices=("resnet50", "mobile0.25", "none"), default="resnet50",
                    help="which RetinaFace detector to fetch (default: resnet50, 109 MB; mobile0.25 is 1.8 MB)")
-    p.add_argument("--only", choices=("vspbfr", "detector", "identity"), default=None,
-                   help="fetch only the VSPBFR networks, only the detector, or only the optional ArcFace identity "
-                        "network (recognition_arcface_ir_se50.pth, for identity scores; default: networks and "
-                        "detector)")
+    p.add_argument("--only", choices=("vspbfr", "detector", "identity", "parsing"), default=None,
+                   help="fetch only the VSPBFR networks, only the detector, only the optional ArcFace identity "
+                        "network (recognition_arcface_ir_se50.pth, for identity scores) or only the optional "
+                        "face-parsing network (parsing_parsenet.pth, for the 'parsing' paste mask; see --parser); "
+                        "default: networks and detector")
+    p.add_argument("--parser", choices=("parsenet", "bisenet", "all"), default="parsenet",
+                   help="with --only parsing: which face-parsing network to fetch (default: parsenet, 85 MB; "
+                        "bisenet is 53 MB; all: both)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="network timeout per connect/read (default: 30)")
     p.add_argument("--retries", type=int, default=3, metavar="N",
@@ -109,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     from ..paths import locate_models_dir
 
     folder, origin = locate_models_dir(args.to)
-    specs = plan_downloads(args.only, args.detector)
+    parsers = ("parsenet", "bisenet") if args.parser == "all" else (args.parser,)
+    specs = plan_downloads(args.only, args.detector, parsers=parsers)
     if not specs:
         raise DownloadError("nothing to download: --only detector with --detector none")
     print(f"models folder: {folder} ({'--models' if origin == 'argument' else origin})")
@@ -123,11 +133,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {result.spec.name}: {how} ({_human(result.size)}, sha256 {result.sha256[:16]}...)")
 
     try:
-        results = download_models(folder, only=args.only, detector=args.detector, progress=bar, on_result=report,
+        results = download_models(folder, only=args.only, detector=args.detector, parsers=parsers, progress=bar,
+                                  on_result=report,
                                   timeout=args.timeout, retries=max(args.retries, 0))
     finally:
         bar.finish()
     fetched = sum(r.status == "downloaded" for r in results)
+    for r in results:
+        if r.spec.group == "parsing":
+            print(f"  {r.spec.name}: the {r.spec.kind} face parser for the 'parsing' paste mask is at {r.path}")
     print(f"done: {len(results)} files ready in {folder} ({fetched} downloaded, {len(results) - fetched} already "
           "present)")
     return 0

@@ -7,6 +7,8 @@ detected from the keys), the RetinaFace detector files, and interrupted download
 from the keys only (``.safetensors``: the header; ``.pt``: :func:`vspbfr_core.checkpoints.read_checkpoint`). The
 optional ArcFace identity network (``recognition_arcface_ir_se50.pth``) has its own row; it is never required, so
 its absence does not change the exit status (a present file that fails ``--check`` does, like any damaged file);
+the same holds for the optional face-parsing networks of the ``parsing`` paste mask (``parsing_parsenet.pth``,
+``parsing_bisenet.pth``).
 
 ``--check`` also compares sizes and sha256 with the known values and the download record, and loads every file
 strictly (keys, shapes, dtypes, NaN / Inf values, configuration metadata: each problem names the file and the
@@ -24,7 +26,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..paths import DETECTOR_FILES, IDENTITY_FILES, NETWORK_KINDS, NETWORK_SUFFIXES
+from ..paths import DETECTOR_FILES, IDENTITY_FILES, NETWORK_KINDS, NETWORK_SUFFIXES, PARSING_FILES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 @dataclass
 class ModelFileInfo:
     """One row of the inventory."""
-    role: str                    # network kind, "detector", "identity" (optional) or "partial"
+    role: str                    # network kind, "detector", "identity" / "parsing" (optional) or "partial"
     name: str                    # file name
     path: str | None             # full path when present
     state: str                   # present | converted (.safetensors) | missing | partial (*.part)
@@ -101,18 +103,21 @@ def _check(path: Path, role: str, detector: str | None, records: dict) -> None:
     Both are checked and every failure is reported: a wrong hash and the tensor a load refuses.
     """
     from ..download import (
-        check_present_file, detector_remote_file, identity_remote_file, verify_model_file, vspbfr_remote_files,
+        check_present_file, detector_remote_file, identity_remote_file, parsing_remote_file, verify_model_file,
+        vspbfr_remote_files,
     )
     from ..errors import CheckpointError, VSPBFRError
 
-    kind = detector if role in ("detector", "identity") else role
+    kind = detector if role in ("detector", "identity", "parsing") else role
     assert kind is not None
     problems: list[str] = []
-    if path.suffix == ".pt" or role in ("detector", "identity"):
+    if path.suffix == ".pt" or role in ("detector", "identity", "parsing"):
         if role == "detector":
             spec = detector_remote_file(kind)
         elif role == "identity":
             spec = identity_remote_file(kind)
+        elif role == "parsing":
+            spec = parsing_remote_file(kind)
         else:
             spec = next(s for s in vspbfr_remote_files() if s.kind == kind)
         if spec.size is not None or spec.sha256 or spec.sha256_affixes or spec.name in records:
@@ -207,6 +212,19 @@ def inspect_models_dir(folder: str | os.PathLike[str], detector_dir: str | os.Pa
             except VSPBFRError as exc:
                 row.problem = str(exc)
         rows.append(row)
+    for parser, name in PARSING_FILES.items():
+        path = folder / name
+        if not path.is_file():
+            rows.append(ModelFileInfo("parsing", name, None, "missing", kind=f"{parser} (optional)"))
+            continue
+        row = ModelFileInfo("parsing", name, str(path), "present", path.stat().st_size, f"{parser} (optional)")
+        if check:
+            try:
+                _check(path, "parsing", parser, records)
+                row.checked = True
+            except VSPBFRError as exc:
+                row.problem = str(exc)
+        rows.append(row)
     for d in dict.fromkeys(det_dirs):
         if d.is_dir():
             for part in sorted(d.glob("*.part")):
@@ -281,4 +299,7 @@ def run(args: argparse.Namespace) -> int:
         if r.role == "identity" and r.path is None:
             print(f"optional, for identity scores: {r.name} is not there; get it with "
                   f"`vspbfr download --models {shown(folder)} --only identity`.")
+    if not any(r.role == "parsing" and r.path is not None for r in rows):
+        print(f"optional, for the 'parsing' paste mask: {PARSING_FILES['parsenet']} is not there; get it with "
+              f"`vspbfr download --models {shown(folder)} --only parsing`.")
     return 0 if ok else 1
