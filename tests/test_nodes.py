@@ -80,7 +80,7 @@ def split_chain(env, image, seed=3, size=16, fidelity=1.0, **detect_kw):
     faces, crops, _, count, source = detect(env, image, size, **detect_kw)["result"]
     (style,) = env.nodes["VSPBFRStylePrompt"].prompt(env.model, crops, seed, faces)
     restored = env.nodes["VSPBFRRestoreFaces"].restore(env.model, crops, seed, fidelity, 1.0, style, faces)["result"][0]
-    out, mask, _ = env.nodes["VSPBFRPasteFaces"].paste(source, faces, restored, 1.0, 50.0, "square", "none", 1.0)
+    out, mask, _ = env.nodes["VSPBFRPasteFaces"].paste(source, faces, restored, 1.0, 50.0, "landmarks", "none", 1.0)
     return out, mask, count
 
 
@@ -208,7 +208,7 @@ def test_zero_faces_pass_through_unchanged_with_count_zero(env, state):
     state.loads.clear()
     restored = env.nodes["VSPBFRRestoreFaces"].restore(env.model, crops, 0, 1.0, 1.0)["result"][0]
     assert not state.loads                                      # the placeholder crop is not restored
-    out, mask, _ = env.nodes["VSPBFRPasteFaces"].paste(blank, faces, restored, 1.0, 50.0, "square", "none", 1.0)
+    out, mask, _ = env.nodes["VSPBFRPasteFaces"].paste(blank, faces, restored, 1.0, 50.0, "landmarks", "none", 1.0)
     assert torch.equal(out, blank) and not mask.any()
     result = all_in_one(env, blank)["result"]
     assert result[2] == 0 and torch.equal(result[0], blank)
@@ -360,7 +360,7 @@ def test_latent_in_latent_out(env):
     assert out.shape == (2, 64, 96, 3) and lat["samples"].shape == (2, 4, 8, 12)
     paste = env.nodes["VSPBFRPasteFaces"].paste
     faces, crops = detect(env)["result"][:2]
-    _, _, lat = paste(env.photo, faces, crops, 1.0, 50.0, "square", "none", 1.0, vae=vae)
+    _, _, lat = paste(env.photo, faces, crops, 1.0, 50.0, "landmarks", "none", 1.0, vae=vae)
     assert lat["samples"].shape == (1, 4, 310 // 8, 491 // 8)     # cropped to a multiple of 8, as VAEEncode does
     with pytest.raises(env.errors.InputError, match="VAE"):
         env.ops.input_images(None, latent, None)
@@ -377,10 +377,10 @@ def test_paste_options_and_errors(env):
     paste = env.nodes["VSPBFRPasteFaces"].paste
     out, mask, lat = paste(image, faces, crops, 0.0, 50.0, "ellipse", "wavelet", 2.0)
     assert out.shape == (1, 620, 982, 3) and mask.shape == (1, 620, 982) and lat is None
-    same, _, _ = paste(image, faces, crops, 1.0, 50.0, "square", "meanstd", 1.0)
+    same, _, _ = paste(image, faces, crops, 1.0, 50.0, "landmarks", "meanstd", 1.0)
     assert torch.allclose(same, image, atol=1e-5)               # unchanged crops paste back as they were
     with pytest.raises(env.errors.InputError, match="3 restored crop"):
-        paste(image, faces, crops[:3], 1.0, 50.0, "square", "none", 1.0)
+        paste(image, faces, crops[:3], 1.0, 50.0, "landmarks", "none", 1.0)
 
 
 def test_comparison_previews_are_written_for_the_web_extension(env):

@@ -171,7 +171,7 @@ def test_candidates_are_deterministic_reported_and_seeded_as_in_the_split_chain(
     faces, crops, _, _, source = detect(env)
     restored = env.nodes["VSPBFRRestoreFaces"].restore(env.model, crops, 3, 1.0, 1.0, None, faces, True, 3,
                                                        "arcface")["result"][0]
-    split, _, _ = env.nodes["VSPBFRPasteFaces"].paste(source, faces, restored, 1.0, 50.0, "square", "none", 1.0)
+    split, _, _ = env.nodes["VSPBFRPasteFaces"].paste(source, faces, restored, 1.0, 50.0, "landmarks", "none", 1.0)
     assert torch.equal(split, out)
     # the scores in the report are the Identity Score node's scores of input crop vs kept crop
     scores, _ = score(env, crops, restored)
@@ -327,7 +327,7 @@ def test_the_restore_node_takes_a_reference_as_the_target_and_for_the_mix(env, s
     # the split chain with the reference keeps the same candidates as the all-in-one node with it
     out = all_in_one(env, candidates=3, reference=reference)[0]
     _, _, _, _, source = detect(env)
-    split, _, _ = env.nodes["VSPBFRPasteFaces"].paste(source, faces, best, 1.0, 50.0, "square", "none", 1.0)
+    split, _, _ = env.nodes["VSPBFRPasteFaces"].paste(source, faces, best, 1.0, 50.0, "landmarks", "none", 1.0)
     assert torch.equal(split, out)
     mixed = node.restore(env.model, crops, 3, 1.0, 1.0, None, faces, True, 1, "arcface", 0.5,
                          reference)["result"][0]

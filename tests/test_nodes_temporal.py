@@ -71,7 +71,7 @@ def split_graph(env, clip, seed=3, fidelity=1.0, style_node=False, **detect_kw):
     style = env.nodes["VSPBFRStylePrompt"].prompt(env.model, crops, seed, faces)[0] if style_node else None
     restored = env.nodes["VSPBFRRestoreFaces"].restore(env.model, crops, seed, fidelity, 1.0, style,
                                                        faces)["result"][0]
-    out, mask, _ = env.nodes["VSPBFRPasteFaces"].paste(source, faces, restored, 1.0, 50.0, "square", "none", 1.0)
+    out, mask, _ = env.nodes["VSPBFRPasteFaces"].paste(source, faces, restored, 1.0, 50.0, "landmarks", "none", 1.0)
     return out, mask, count, faces
 
 
@@ -175,7 +175,7 @@ def test_split_graph_equals_the_all_in_one_node(env, fidelity):
         (style,) = env.nodes["VSPBFRStylePrompt"].prompt(env.model, crops, 3, rough_faces)
         assert not style.smoothed
         restored = env.nodes["VSPBFRRestoreFaces"].restore(env.model, crops, 3, 1.0, 1.0, style, faces)["result"][0]
-        out = env.nodes["VSPBFRPasteFaces"].paste(source, faces, restored, 1.0, 50.0, "square", "none", 1.0)[0]
+        out = env.nodes["VSPBFRPasteFaces"].paste(source, faces, restored, 1.0, 50.0, "landmarks", "none", 1.0)[0]
         assert torch.equal(out, expected)
 
 
@@ -310,6 +310,6 @@ def test_rgba_frames_and_upscale_split_graph_equals_all_in_one_across_windows(en
     rgba = torch.cat([clip, torch.linspace(0, 1, 300).expand(3, 200, 300)[..., None]], dim=-1)
     faces, crops, _, _, source = detect(env, rgba, temporal=True)["result"]
     restored = env.nodes["VSPBFRRestoreFaces"].restore(env.model, crops, 3, 1.0, 1.0, None, faces)["result"][0]
-    expected, mask, _ = env.nodes["VSPBFRPasteFaces"].paste(source, faces, restored, 1.0, 50.0, "square", "none", 2.0)
+    expected, mask, _ = env.nodes["VSPBFRPasteFaces"].paste(source, faces, restored, 1.0, 50.0, "landmarks", "none", 2.0)
     out, out_mask = all_in_one(env, rgba, temporal=True, upscale=2.0)[:2]
     assert out.shape == (3, 400, 600, 4) and torch.equal(out, expected) and torch.equal(out_mask, mask)

@@ -18,7 +18,7 @@ from .._lazy import lazy_getattr
 # paste-back mask shapes (face.paste: square, ellipse; face.masks: landmarks, parsing), here so that the command
 # line can list them without importing torch
 MASK_SHAPES = ("square", "ellipse", "landmarks", "parsing")
-DEFAULT_MASK_SHAPE = "square"
+DEFAULT_MASK_SHAPE = "landmarks"    # chosen by measurement: benchmarks/RESULTS.md "Paste masks"
 
 _EXPORTS = {
     "DETECTOR_FILES": ".detect", "DETECTOR_URLS": ".detect", "DEFAULT_THRESHOLD": ".detect",
