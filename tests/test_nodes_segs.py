@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 DETECTOR = "retinaface_mobile0.25"
 # Impact-Pack's SEG (ltdrdata/ComfyUI-Impact-Pack, modules/impact/core.py): these names in this order
 IMPACT_FIELDS = ("cropped_image", "cropped_mask", "confidence", "crop_region", "bbox", "label", "control_net_wrapper")
-ROUND_TRIP = ("skimage_astronaut.png", "gfpgan_10045.png", "cf_02.png")
+ROUND_TRIP = ("skimage_astronaut.png", "gfpgan_10045.png", "cf_02.png", "gfpgan_00.jpg")
 MULTI = "cf_00.jpg"            # four faces
 
 
@@ -178,7 +178,7 @@ def test_round_trip_keeps_boxes_and_landmarks(env, name):
     a, b = faces.detections, back.detections
     box_err = float((a.boxes - b.boxes).abs().max())
     landmark_err = float((a.landmarks - b.landmarks).abs().max())
-    assert box_err < 1.0 and landmark_err < 1.0, (box_err, landmark_err)
+    assert box_err < 0.5 and landmark_err < 0.5, (box_err, landmark_err)     # measured: at most 0.01 px
     assert torch.equal(b.order_index, torch.arange(count)) and torch.equal(b.image_index, torch.zeros(count).long())
     assert torch.allclose(a.scores, b.scores, atol=0.01)
     assert back.detector == DETECTOR and back.limit.shape == (1, *image.shape[1:3])
@@ -225,9 +225,9 @@ def test_seg_without_a_face_is_dropped_and_counted(env, caplog):
     faces = detect(env, image)[0]
     boxes = faces.detections.boxes
     empty = [float(width) - 60, float(height) - 60, float(width) - 4, float(height) - 4]   # a corner: no face
-    overlap = ((torch.minimum(boxes[:, 2], torch.tensor(empty[2])) > torch.maximum(boxes[:, 0], torch.tensor(empty[0])))
-               & (torch.minimum(boxes[:, 3], torch.tensor(empty[3])) > torch.maximum(boxes[:, 1], torch.tensor(empty[1]))))
-    assert not bool(overlap.any())
+    lo = torch.maximum(boxes[:, :2], torch.tensor(empty[:2]))
+    hi = torch.minimum(boxes[:, 2:], torch.tensor(empty[2:]))
+    assert not bool(((hi - lo) > 0).all(dim=1).any())          # no face box overlaps it
     face = boxes[1].tolist()
     segs = ((height, width), [box_seg(env, empty, height, width, crop_factor=1.0), box_seg(env, face, height, width)])
     with caplog.at_level(logging.WARNING):
@@ -266,8 +266,8 @@ def test_mask_types_impact_uses_are_accepted(env):
         "numpy float64": base.cropped_mask.astype(np.float64),
     }
     for what, mask in variants.items():
-        seg = plain_seg(**{**vars(base), "cropped_mask": mask,
-                           "bbox": tuple(np.int64(v) for v in np.round(base.bbox)), "crop_region": list(base.crop_region)})
+        bbox = tuple(np.int64(v) for v in np.round(base.bbox))          # as Impact's mask detectors give it
+        seg = plain_seg(**{**vars(base), "cropped_mask": mask, "bbox": bbox, "crop_region": list(base.crop_region)})
         found = to_faces(env, image, ((height, width), [seg]))[0]
         assert len(found) == 1 and torch.equal(found.limit[0, y1:y2, x1:x2], torch.from_numpy(base.cropped_mask)), what
     # no mask: the bbox rectangle limits the paste
