@@ -155,7 +155,8 @@ def faces_to_segs(image: torch.Tensor, faces: FaceSet, *, crop_factor: float = D
     segs = []
     for k in range(len(dets)):
         x1, y1, x2, y2 = region = crop_region(dets.boxes[k].tolist(), crop_factor, height, width)
-        segs.append(SEG(image[0:1, y1:y2, x1:x2], masks[k, y1:y2, x1:x2].numpy().copy(), float(dets.scores[k]),
+        segs.append(SEG(rgb[:, :, y1:y2, x1:x2].permute(0, 2, 3, 1).contiguous(),      # IMAGE [1, h, w, 3]
+                        masks[k, y1:y2, x1:x2].numpy().copy(), float(dets.scores[k]),
                         region, _int_box(dets.boxes[k].tolist(), height, width), LABEL, None))
     return (height, width), segs
 

@@ -322,3 +322,20 @@ def test_bad_segs_are_input_errors(env):
         to_faces(env, image.expand(2, -1, -1, -1), ((height, width), [seg]))
     with pytest.raises(env.errors.InputError, match="threshold"):
         to_faces(env, image, ((height, width), [seg]), threshold=1.5)
+
+
+def test_a_face_too_small_for_the_whole_image_detection_is_found(env):
+    # a 96 px face in a 2048 px image: 24 px at the scale the whole image is detected at, too small for RetinaFace;
+    # its SEG's crop is looked at again at its own resolution
+    small = torch.nn.functional.interpolate(load_rgb("skimage_astronaut.png").permute(0, 3, 1, 2), size=(96, 96),
+                                            mode="bilinear", antialias=True).permute(0, 2, 3, 1)
+    image = torch.full((1, 2048, 2048, 3), 0.5)
+    image[:, 900:996, 700:796] = small
+    assert detect(env, image, threshold=0.5)[3] == 0
+    alone = detect(env, small, threshold=0.5)[0].detections
+    assert len(alone) == 1
+    box = (alone.boxes[0] + torch.tensor([700.0, 900.0, 700.0, 900.0])).tolist()
+    found, _, _, count, dropped = to_faces(env, image, ((2048, 2048), [box_seg(env, box, 2048, 2048)]))
+    assert (count, dropped) == (1, 0)
+    iou, _ = env.segs._iou(found.detections.boxes, torch.tensor(box))    # a 15 px face: a few px of jitter
+    assert float(iou[0]) > 0.7
