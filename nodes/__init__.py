@@ -10,6 +10,7 @@ from .face_nodes import VSPBFRDetectFaces, VSPBFRPasteFaces
 from .identity_nodes import VSPBFRIdentityScore
 from .loader_nodes import VSPBFRModelLoader
 from .restore_nodes import VSPBFRFaceRestore, VSPBFRRestoreFaces, VSPBFRStylePrompt
+from .segs_nodes import VSPBFRFacesToSEGS, VSPBFRSEGSToFaces
 
 NODE_CONFIG = {
     "VSPBFRModelLoader": {"class": VSPBFRModelLoader, "name": "VSPBFR Load Model"},
@@ -19,6 +20,8 @@ NODE_CONFIG = {
     "VSPBFRPasteFaces": {"class": VSPBFRPasteFaces, "name": "VSPBFR Paste Faces Back"},
     "VSPBFRFaceRestore": {"class": VSPBFRFaceRestore, "name": "VSPBFR Face Restore (all-in-one)"},
     "VSPBFRIdentityScore": {"class": VSPBFRIdentityScore, "name": "VSPBFR Identity Score"},
+    "VSPBFRFacesToSEGS": {"class": VSPBFRFacesToSEGS, "name": "VSPBFR Faces to SEGS"},
+    "VSPBFRSEGSToFaces": {"class": VSPBFRSEGSToFaces, "name": "VSPBFR SEGS to Faces"},
 }
 
 NODE_CLASS_MAPPINGS = {node_id: entry["class"] for node_id, entry in NODE_CONFIG.items()}

@@ -30,7 +30,7 @@ import comfyui_stubs as stubs  # noqa: E402
 
 DETECTOR = "retinaface_mobile0.25"
 NODE_IDS = ("VSPBFRModelLoader", "VSPBFRDetectFaces", "VSPBFRStylePrompt", "VSPBFRRestoreFaces", "VSPBFRPasteFaces",
-            "VSPBFRFaceRestore", "VSPBFRIdentityScore")
+            "VSPBFRFaceRestore", "VSPBFRIdentityScore", "VSPBFRFacesToSEGS", "VSPBFRSEGSToFaces")
 PHOTO_FACES = 4
 CUSTOM_TYPES = {"VSPBFR_MODEL", "VSPBFR_FACES", "VSPBFR_STYLE"}
 

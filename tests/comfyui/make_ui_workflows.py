@@ -25,6 +25,9 @@ NOTE = ("Put your photo in the Load Image node (ComfyUI's example.png has no fac
         "detection_mobilenet0.25_Final.pth in models/facedetection). The 'fidelity' widget, shown as 'style prompt "
         "mix', is 1 for the official VSPBFR result; lower values stay closer to the input face. Model files: "
         "models/vspbfr (see the pack's README).")
+NOTES = {"vspbfr_segs": " SEGS: any Impact-Pack SEGS detector (e.g. BBOX Detector (SEGS) with a YOLO face model, or "
+         "SAM / mediapipe) can feed VSPBFR SEGS to Faces instead of VSPBFR Faces to SEGS; the paste then changes "
+         "pixels only inside the SEG masks."}       # added to NOTE for that example
 
 # (prompt, layout, min width, note) -> serialised LiteGraph workflow; widgets are set by name, links by input name;
 # a Note node (front-end only, not part of the prompt) explains what to change.
@@ -111,7 +114,7 @@ def main() -> int:
             browser.wait_for("window.app && window.LiteGraph && LiteGraph.registered_node_types.VSPBFRFaceRestore")
             for api_file in sorted((EXAMPLES / "api").glob("*.json")):
                 prompt = json.loads(api_file.read_text())
-                arg = json.dumps([prompt, layout(prompt), MIN_WIDTH, NOTE])
+                arg = json.dumps([prompt, layout(prompt), MIN_WIDTH, NOTE + NOTES.get(api_file.stem, "")])
                 workflow = json.loads(browser.evaluate(f"{BUILD_GRAPH_JS}({arg})"))
                 (EXAMPLES / api_file.name).write_text(json.dumps(workflow, indent=2) + "\n")
                 print(f"wrote {EXAMPLES / api_file.name}")
