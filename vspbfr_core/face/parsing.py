@@ -156,7 +156,8 @@ def parse_parts(text: str | Sequence[str] | None) -> tuple[str, ...]:
     elif isinstance(text, Iterable):
         items = list(text)
         if not all(isinstance(t, str) for t in items):
-            raise InputError(f"face parts must be names (strings), got {[type(t).__name__ for t in items]}")
+            raise InputError(f"face parts must be names (strings), got {[type(t).__name__ for t in items]}: "
+                             f"choose from {', '.join(FACE_PARTS)} (or 'all')")
     else:
         raise InputError(f"face parts must be a string such as 'skin,eyes' or a list of names, got "
                          f"{type(text).__name__}")
@@ -181,8 +182,9 @@ def parse_parts(text: str | Sequence[str] | None) -> tuple[str, ...]:
         raise InputError(f"unknown face part(s) {', '.join(repr(u) for u in unknown)}: choose from "
                          f"{', '.join(FACE_PARTS)} (or 'all')")
     if never:
-        raise InputError(f"face part(s) {', '.join(repr(n) for n in never)} cannot be pasted: {', '.join(NEVER_PASTED)} "
-                         f"never are ({_WHY_NEVER}). Choose from {', '.join(FACE_PARTS)} (or 'all').")
+        raise InputError(f"face part(s) {', '.join(repr(n) for n in never)} cannot be pasted: "
+                         f"{', '.join(NEVER_PASTED)} never are ({_WHY_NEVER}). Choose from {', '.join(FACE_PARTS)} "
+                         "(or 'all').")
     return tuple(p for p in FACE_PARTS if p in chosen)
 
 
@@ -540,6 +542,7 @@ def load_parser_state_dict(name: str, sd: dict[str, torch.Tensor], path: str | o
         net = build_parser_network(name)
     expected = net.state_dict()
     sd = dict(sd)
+    given = {k for k in sd if not k.endswith("num_batches_tracked")}
     for k in expected:
         if k.endswith("num_batches_tracked") and k not in sd:
             sd[k] = torch.zeros((), dtype=torch.long)
@@ -547,9 +550,9 @@ def load_parser_state_dict(name: str, sd: dict[str, torch.Tensor], path: str | o
     if problems:
         other = next(p for p in PARSERS if p != name)
         with torch.device("meta"):
-            other_keys = set(build_parser_network(other).state_dict())
+            other_keys = {k for k in build_parser_network(other).state_dict() if not k.endswith("num_batches_tracked")}
         hint = (f" It holds the {other} network: load it as {other!r} (its file is {PARSER_FILES[other]})."
-                if set(sd) == other_keys else " The file is damaged or another model's.")
+                if given == other_keys else " The file is damaged or another model's.")
         raise CheckpointError(f"{shown(path)}: does not fit the {name} face-parsing network: {problems}.{hint}")
     net.load_state_dict(check_tensors(sd, expected, path, f"{name} face-parsing"), strict=True, assign=True)
     left = [k for k, t in list(net.named_parameters()) + list(net.named_buffers()) if t.is_meta]
