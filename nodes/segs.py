@@ -50,6 +50,7 @@ from ..vspbfr_core.errors import InputError
 from ..vspbfr_core.image import from_host
 from ..vspbfr_core.progress import Progress
 from . import comfy_host as host
+from . import ops
 from .handles import FaceSet
 
 log = logging.getLogger(__name__)
@@ -89,14 +90,14 @@ def _int_box(box: Any, height: int, width: int) -> list[int]:
 
 def _single_aligned(aligned: Any, k: int) -> Any:
     """Face ``k`` of ``aligned`` as the only face of a batch of one image."""
-    return replace(aligned, crops=aligned.crops[k:k + 1], affine=aligned.affine[k:k + 1],
-                   inverse=aligned.inverse[k:k + 1], image_index=torch.zeros(1, dtype=torch.long), num_images=1)
+    return replace(aligned.select(torch.tensor([k])), image_index=torch.zeros(1, dtype=torch.long), num_images=1)
 
 
-def face_masks(faces: FaceSet, height: int, width: int, *, mask_shape: str = "ellipse",
-               feather: float = 50.0) -> torch.Tensor:
+def face_masks(faces: FaceSet, height: int, width: int, *, mask_shape: str = ops.DEFAULT_MASK_SHAPE,
+               feather: float = 50.0, mask_parts: str | None = None, parser: Any = None) -> torch.Tensor:
     """Each face's own paste mask in image space ``[F, H, W]`` float32 on the CPU: what ``paste_faces`` blends
-    that face with (``mask_shape``, ``feather`` in pixels of a 512 crop), the face pasted alone."""
+    that face with (``mask_shape``, ``feather`` in pixels of a 512 crop), the face pasted alone.  ``parsing``
+    parses the face's original crop with ``parser`` (a FaceParser; ``mask_parts`` as the paste node's)."""
     from ..vspbfr_core.face import paste_faces
 
     if not isinstance(faces, FaceSet):
@@ -108,14 +109,17 @@ def face_masks(faces: FaceSet, height: int, width: int, *, mask_shape: str = "el
     if tuple(aligned.image_size) != (height, width):
         raise InputError(f"faces: the faces were found in {aligned.image_size[1]}x{aligned.image_size[0]} images, "
                          f"not {width}x{height}")
-    size = aligned.size
-    zero = torch.zeros(1, 1, height, width)
-    crop = torch.zeros(1, 1, size, size)
+    channels = aligned.crops.shape[1]
+    zero = torch.zeros(1, channels, height, width)
     out = torch.zeros(len(aligned), height, width)
+    extra: dict[str, Any] = {}
+    if mask_shape == "parsing":
+        extra = dict(parser=parser, mask_parts=mask_parts)
     for k in range(len(aligned)):
-        one = _single_aligned(replace(aligned, crops=aligned.crops.cpu(), affine=aligned.affine.cpu(),
-                                      inverse=aligned.inverse.cpu()), k)
-        _, mask = paste_faces(zero, crop, one, mask_shape=mask_shape, feather=feather, keep_detail=False)
+        one = _single_aligned(aligned, k)
+        # the mask does not depend on the pasted pixels, except parsing's, which reads the face's own crop
+        _, mask = paste_faces(zero, one.crops.float(), one, mask_shape=mask_shape, feather=feather,
+                              keep_detail=False, **extra)
         out[k] = mask[0]
     return out
 
@@ -130,12 +134,18 @@ def _one_image(image: Any, what: str) -> torch.Tensor:
 
 
 def faces_to_segs(image: torch.Tensor, faces: FaceSet, *, crop_factor: float = DEFAULT_CROP_FACTOR,
-                  mask_shape: str = "ellipse", feather: float = 50.0) -> tuple[tuple[int, int], list]:
+                  mask_shape: str = ops.DEFAULT_MASK_SHAPE, feather: float = 50.0, mask_parts: str | None = None,
+                  parser: str = "parsenet") -> tuple[tuple[int, int], list]:
     """The faces of a one-image IMAGE ``[1, H, W, C]`` as Impact SEGS ``((H, W), [SEG, ...])``, one SEG per face in
     the faces' order: crop region, the detection box as ints, the image and the face's paste mask cut to the crop
-    region, the detector score, label ``face``."""
+    region, the detector score, label ``face``.  ``mask_shape`` parsing: the face-parsing network ``parser`` on
+    each face's crop, ``mask_parts`` the parts kept (None: all)."""
     crop_factor = check_float(crop_factor, "crop_factor", minimum=1.0, maximum=100.0)
-    check_choice(mask_shape, "mask_shape", ("square", "ellipse"))
+    check_choice(mask_shape, "mask_shape", ops.MASK_SHAPES)
+    check_choice(parser, "parser", ops.PARSERS)
+    if mask_parts is not None:
+        from ..vspbfr_core.face.parsing import parse_parts
+        parse_parts(mask_parts)
     feather = check_float(feather, "feather", minimum=0.0, maximum=230.0)
     if not isinstance(faces, FaceSet):
         raise InputError(f"faces: expected the VSPBFR_FACES output of the VSPBFR Detect Faces node, got "
@@ -151,7 +161,9 @@ def faces_to_segs(image: torch.Tensor, faces: FaceSet, *, crop_factor: float = D
     if faces.aligned is None:                   # e.g. a temporal window's faces: align them here
         from .ops import _align_crops
         faces = replace(faces, aligned=_align_crops(rgb.float().cpu(), dets, 512))
-    masks = face_masks(faces, height, width, mask_shape=mask_shape, feather=feather)
+    loaded = ops._active_parser(ops.get_parser(parser)) if mask_shape == "parsing" else None
+    masks = face_masks(faces, height, width, mask_shape=mask_shape, feather=feather, mask_parts=mask_parts,
+                       parser=loaded)
     segs = []
     for k in range(len(dets)):
         x1, y1, x2, y2 = region = crop_region(dets.boxes[k].tolist(), crop_factor, height, width)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from . import comfy_host as host
 from . import ops
 from . import segs as segs_ops    # not `segs`: the SEGS input's name
-from .face_nodes import DETECTOR
+from .face_nodes import DETECTOR, MASK_WIDGETS
 
 
 class VSPBFRFacesToSEGS:
@@ -27,14 +27,16 @@ class VSPBFRFacesToSEGS:
             "crop_factor": ("FLOAT", {"default": segs_ops.DEFAULT_CROP_FACTOR, "min": 1.0, "max": 100.0, "step": 0.1,
                                       "tooltip": "Crop region of each SEG: the face box enlarged this many times "
                                       "around its centre, clipped to the image (3.0 as Impact's detectors)."}),
-            "mask_shape": (list(ops.MASK_SHAPES), {"default": "ellipse", "tooltip": "The SEG masks: each face's "
-                           "paste mask, the face oval (ellipse) or the whole aligned crop square (square)."}),
+            "mask_shape": (list(ops.MASK_SHAPES), {"default": ops.DEFAULT_MASK_SHAPE, "tooltip": "The SEG masks: "
+                           "each face's paste mask of this shape (as the paste node's: landmarks the face shape, "
+                           "parsing the face parts by a parsing network, ellipse the face oval, square the crop)."}),
             "feather": ("FLOAT", {"default": 50.0, "min": 0.0, "max": 230.0, "step": 1.0, "tooltip": "Soft edge "
                                   "of the SEG masks, in pixels of a 512 crop, as the paste node (0: hard edge)."}),
-        }}
+        }, "optional": {"mask_parts": MASK_WIDGETS["mask_parts"], "parser": MASK_WIDGETS["parser"]}}
 
-    def convert(self, image, faces, crop_factor, mask_shape, feather):
-        return (segs_ops.faces_to_segs(image, faces, crop_factor=crop_factor, mask_shape=mask_shape, feather=feather),)
+    def convert(self, image, faces, crop_factor, mask_shape, feather, mask_parts="all", parser="parsenet"):
+        return (segs_ops.faces_to_segs(image, faces, crop_factor=crop_factor, mask_shape=mask_shape, feather=feather,
+                                       mask_parts=ops.parts_widget(mask_parts), parser=parser),)
 
 
 class VSPBFRSEGSToFaces:

@@ -140,7 +140,7 @@ def test_face_masks_are_the_paste_masks(env):
     image = load_rgb(MULTI)
     faces, crops, _, _, _ = detect(env, image)
     height, width = image.shape[1:3]
-    for shape, feather in (("ellipse", 50.0), ("square", 20.0)):
+    for shape, feather in (("ellipse", 50.0), ("square", 20.0), ("landmarks", 50.0)):
         masks = env.segs.face_masks(faces, height, width, mask_shape=shape, feather=feather)
         assert masks.shape == (4, height, width) and masks.dtype == torch.float32
         _, union = env.ops.paste(image, faces, crops, feather=feather, mask_shape=shape)
@@ -212,8 +212,7 @@ def test_box_only_segs_restore_only_those_faces(env):
     out = env.nodes["VSPBFRPasteFaces"].paste(image, found, restored, 1.0, 50.0, "square", "none", 1.0)[0]
     probe = env.ops.paste(image, env.handles.FaceSet(found.detections, found.aligned, found.detector,
                                                      limit=torch.zeros(1, height, width)), restored)[0]
-    if not torch.equal(probe, image):
-        pytest.skip("ops.paste does not honour FaceSet.limit yet (the paste side is another change)")
+    assert torch.equal(probe, image)                                   # a zero limit: nothing pasted at all
     outside = limit[0] == 0
     assert torch.equal(out[0][outside], image[0][outside])
     assert not torch.equal(out[0][~outside], image[0][~outside])
