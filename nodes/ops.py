@@ -738,7 +738,7 @@ def paste_limit(faces: FaceSet, mask: torch.Tensor | None, batch: int, height: i
 
 
 def paste(images: torch.Tensor, faces: FaceSet, restored: torch.Tensor, *, visibility: float = 1.0,
-          feather: float | None = None, mask_shape: str = "square", color_correction: str = "none",
+          feather: float | None = None, mask_shape: str = DEFAULT_MASK_SHAPE, color_correction: str = "none",
           upscale: float = 1.0, mask: torch.Tensor | None = None, mask_parts: str | None = None,
           parser: str = "parsenet") -> tuple[torch.Tensor, torch.Tensor]:
     """Blend restored crops into the original IMAGE batch -> (IMAGE, MASK of the pasted area).

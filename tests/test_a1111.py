@@ -272,6 +272,28 @@ def test_face_selection_settings(tmp_path, weights_dir):
         restorer.restore(image)
 
 
+def test_mask_shape_settings(tmp_path, weights_dir):
+    from modules import shared
+
+    start(tmp_path, weights_dir, config=MOBILE)
+    restorer = restorers()[0]
+    image = photo("skimage_astronaut.png")
+    assert shared.opts.data_labels["vspbfr_mask_shape"].default == "landmarks"
+    changed = {}
+    for shape in ("square", "landmarks"):
+        shared.opts.vspbfr_mask_shape = shape
+        changed[shape] = int(np.any(restorer.restore(image) != image, axis=-1).sum())
+    assert 0 < changed["landmarks"] < changed["square"]
+    shared.opts.vspbfr_mask_shape = "landmarks"
+    assert restorer.last_run.options.infotext().get("VSPBFR mask") is None        # the default is not recorded
+    # parsing: the network file is looked for in models/VSPBFR and models/GFPGAN, and named when missing
+    with pytest.raises(Exception, match="parsing_parsenet.pth"):
+        restorer.restore(image, mask_shape="parsing")
+    with pytest.raises(Exception, match="'hair' cannot be pasted"):
+        restorer.restore(image, mask_parts="skin,hair")
+    shared.opts.vspbfr_mask_shape = shared.opts.data_labels["vspbfr_mask_shape"].default
+
+
 def test_settings_path_through_txt2img_override_settings(tmp_path, weights_dir):
     """restore_faces + override_settings: our options apply, the seed used lands in the infotext, options come back."""
     from modules import processing, shared
@@ -322,8 +344,8 @@ def test_extras_rgba_keeps_alpha_and_records_infotext(tmp_path, weights_dir):
     rgba = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
     ours = [s for s in scripts.scripts_postproc.scripts if s.name == "VSPBFR"][0]
     assert set(ours.controls) == {"enable", "visibility", "prompt_mix", "bank_scale", "seed", "selection", "order",
-                                  "max_faces", "min_size", "threshold", "color_correction", "mask_shape", "detector",
-                                  "keep_gray"}
+                                  "max_faces", "min_size", "threshold", "color_correction", "mask_shape", "mask_parts",
+                                  "detector", "keep_gray"}
     assert ours.controls["enable"].value is False and ours.controls["detector"].value == "from settings"
     assert ours.controls["seed"].value == 0 and ours.controls["visibility"].value == 1.0
     assert "weights found" in find_block(webui.demo, "extras_vspbfr_status").page_load()
@@ -558,7 +580,7 @@ def test_options_api_lists_our_settings_when_modules_api_was_imported_first(tmp_
     options = client.get("/sdapi/v1/options").json()
     assert "late_option" not in options                         # the stand-in filters like the webui does
     ours = [k for k in shared.opts.data_labels if k.startswith("vspbfr_") and k != "vspbfr_status"]
-    assert len(ours) == 16 and set(ours) <= set(options)
+    assert len(ours) == 17 and set(ours) <= set(options)
     assert options["vspbfr_detector"] == "auto" and options["vspbfr_seed"] == 0
     assert client.post("/sdapi/v1/options", json={"vspbfr_prompt_mix": 0.5}).status_code == 200
     assert client.get("/sdapi/v1/options").json()["vspbfr_prompt_mix"] == 0.5

@@ -376,3 +376,72 @@ def test_all_in_one_mask_widgets(env):
     default = node.restore(env.model, **args)["result"][0]
     assert not torch.equal(square, default)
     assert float((square != photo).any(dim=-1).float().mean()) > float((default != photo).any(dim=-1).float().mean())
+
+
+# -- the parsing mask ------------------------------------------------------------------------------------------------
+
+class LeftHalfParser:
+    """Stands in for a FaceParser's part probabilities: 'face' on the left 60 % of every crop whose mean is below
+    0.9 (the restored crops are made brighter: the original and restored crops then disagree on the right)."""
+
+    def __new__(cls, net):
+        from vspbfr_core.face.parsing import FaceParser
+
+        class Stub(FaceParser):
+            calls: list = []
+
+            def part_probability(self, crops, parts=None):
+                self.calls.append(tuple(parts))
+                size = crops.shape[-1]
+                out = torch.zeros(crops.shape[0], size, size)
+                out[:, :, : int(0.6 * size)] = 1.0
+                bright = crops.mean(dim=(1, 2, 3)) > 0.9
+                out[bright, :, int(0.4 * size):] = 0.0                    # a restored crop: only the left 40 %
+                return out.to(crops.device)
+
+        return Stub("bisenet", net, size=32)
+
+
+def test_parsing_mask_pastes_only_where_both_crops_are_face():
+    from vspbfr_core.face.parsing import build_parser_network
+    from vspbfr_core.face.masks import parsing_masks
+
+    parser = LeftHalfParser(build_parser_network("bisenet"))
+    images, dets = template_faces()
+    aligned = align_faces(images, dets, size=128)
+    restored = torch.full_like(aligned.crops, 0.95)
+    masks = parsing_masks(parser, restored, aligned.crops, 50.0, "skin,eyes")
+    assert parser.calls[-2:] == [("skin", "eyes"), ("skin", "eyes")]
+    assert masks.shape == (1, 128, 128)
+    assert float(masks[0, :, int(0.4 * 128):].max()) == 0.0              # the restored crop says: not face
+    assert float(masks[0, 64, 20]) > 0.99 and float(masks[0, :1].max()) == 0.0 and float(masks[0, :, :1].max()) == 0.0
+    out, mask = paste_faces(images, restored, aligned, mask_shape="parsing", parser=parser, mask_parts="skin")
+    ref = paste_faces(images, restored, aligned, mask_shape="square")[1]
+    assert float(mask.sum()) < 0.5 * float(ref.sum())
+    changed = (out != images).any(dim=1)
+    assert bool(changed.any()) and bool((changed <= (mask > 0)).all())
+    with pytest.raises(InputError, match="FaceParser"):
+        paste_faces(images, restored, aligned, mask_shape="parsing", parser=object())
+    with pytest.raises(InputError, match="'hat' cannot be pasted"):
+        paste_faces(images, restored, aligned, mask_shape="parsing", parser=parser, mask_parts="hat")
+
+
+def test_parsing_paste_through_the_pipeline_with_a_real_network_file(pipeline, tmp_path):
+    from vspbfr_core.face.parsing import FaceParser, build_parser_network
+    from vspbfr_core.pipeline import RestoreOptions
+
+    torch.manual_seed(0)
+    net = build_parser_network("bisenet")
+    path = tmp_path / "parsing_bisenet.pth"
+    torch.save(net.state_dict(), path)
+    try:
+        parser = pipeline.load_parser("bisenet", file=path)
+        assert isinstance(parser, FaceParser) and pipeline.parser is parser
+        image = load_photo("skimage_astronaut.png")
+        result = pipeline(image, RestoreOptions(mask_shape="parsing"))
+        assert result.faces_found == 1 and torch.isfinite(result.images).all()
+        assert 0.0 <= float(result.masks.min()) and float(result.masks.max()) <= 1.0
+        changed = (result.images != image).any(dim=-1)[0]
+        assert bool((changed <= (result.masks[0] > 0)).all())
+    finally:
+        pipeline.parser = None

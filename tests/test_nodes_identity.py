@@ -101,7 +101,8 @@ def test_new_widgets_are_optional_and_after_the_saved_ones_and_the_new_output_is
                                       "selection", "upscale", "seed"]
     assert list(spec["optional"]) == ["image", "latent", "vae", "keep_gray", "candidates", "identity",
                                       "only_matching", "use_default_threshold", "match_threshold", "reference_mix",
-                                      "reference", "temporal", "smooth_alignment", "smooth_wplus"]
+                                      "reference", "temporal", "smooth_alignment", "smooth_wplus", "mask_shape",
+                                      "mask", "mask_parts", "parser"]
     opt = spec["optional"]
     assert opt["candidates"] == ("INT", opt["candidates"][1]) and (opt["candidates"][1]["default"],
                                                                    opt["candidates"][1]["min"],

@@ -92,8 +92,8 @@ def test_nodes_registered_with_tooltips(env):
         assert cls.RETURN_TYPES == outputs and cls.CATEGORY == "VSPBFR" and len(cls.DESCRIPTION) > 40
         assert len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS) == len(outputs) and all(cls.OUTPUT_TOOLTIPS)
         spec = cls.INPUT_TYPES()
-        assert set(spec) == {"required"}
-        for name, (_, options) in spec["required"].items():
+        assert set(spec) <= {"required", "optional"}
+        for name, (_, options) in [*spec["required"].items(), *spec.get("optional", {}).items()]:
             assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
         assert callable(getattr(cls, cls.FUNCTION))
     spec = env.pack.NODE_CLASS_MAPPINGS["VSPBFRSEGSToFaces"].INPUT_TYPES()["required"]
@@ -101,6 +101,9 @@ def test_nodes_registered_with_tooltips(env):
     assert spec["threshold"][1]["default"] < env.ops.DEFAULT_THRESHOLD
     spec = env.pack.NODE_CLASS_MAPPINGS["VSPBFRFacesToSEGS"].INPUT_TYPES()["required"]
     assert spec["crop_factor"][1]["default"] == 3.0 and tuple(spec["mask_shape"][0]) == env.ops.MASK_SHAPES
+    assert spec["mask_shape"][1]["default"] == "landmarks"
+    optional = env.pack.NODE_CLASS_MAPPINGS["VSPBFRFacesToSEGS"].INPUT_TYPES()["optional"]
+    assert list(optional) == ["mask_parts", "parser"]
 
 
 # -- Faces -> SEGS -----------------------------------------------------------------------------------------------------

@@ -101,7 +101,10 @@ class KeySpy:
 def test_temporal_widgets_are_optional_last_with_documented_defaults(env):
     for node in ("VSPBFRDetectFaces", "VSPBFRFaceRestore"):
         spec = env.pack.NODE_CLASS_MAPPINGS[node].INPUT_TYPES()
-        assert list(spec["optional"])[-3:] == list(TEMPORAL)
+        names = list(spec["optional"])
+        at = names.index("temporal")
+        assert names[at:at + 3] == list(TEMPORAL)
+        assert names[at + 3:] == ([] if node == "VSPBFRDetectFaces" else ["mask_shape", "mask", "mask_parts", "parser"])
         assert not set(TEMPORAL) & set(spec["required"])
         opt = spec["optional"]
         assert opt["temporal"][0] == "BOOLEAN" and opt["temporal"][1]["default"] is False
