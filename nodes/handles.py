@@ -23,6 +23,7 @@ class ModelHandle:
     files: dict[str, str] = field(default_factory=dict)   # kind -> file path, for messages
     detector: Any = None              # the RetinaFace the all-in-one node used last (nodes.ops.LoadedDetector)
     embedder: Any = None              # the identity embedder a restore node used last (nodes.ops.LoadedEmbedder)
+    parser: Any = None                # the face-parsing network an all-in-one node pasted with (nodes.ops.LoadedParser)
 
     @property
     def resolution(self) -> int:

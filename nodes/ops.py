@@ -839,6 +839,8 @@ def face_restore(handle: ModelHandle, images: torch.Tensor, *, detector: str, se
         paste_limit(FaceSet(None, None), mask, images.shape[0], images.shape[1], images.shape[2])   # early check
     check_choice(parser, "parser", PARSERS)
     paste_args: dict[str, Any] = dict(mask_shape=mask_shape, mask=mask, mask_parts=mask_parts, parser=parser)
+    if mask_shape == "parsing":         # before any detection work (a missing file first); kept while the handle is
+        handle.parser = get_parser(parser)
     if temporal is not None and not isinstance(temporal, TemporalSettings):
         raise InputError(f"temporal: expected TemporalSettings from temporal_settings, got {describe_value(temporal)}")
     _refuse_identity_on_tracks(temporal is not None and temporal.on, settings)
