@@ -433,3 +433,18 @@ def check_tensors(found: dict[str, torch.Tensor], expected: dict[str, torch.Tens
             f"{', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}). The file is damaged or comes from a diverged "
             "training run: download it again (vspbfr download).")
     return out
+
+
+def tensor_dict(obj: Any, path: str | os.PathLike[str], what: str) -> dict[str, torch.Tensor]:
+    """The ``name -> tensor`` dict of a loaded weights file: a ``{"state_dict": ...}`` wrapper and a ``module.``
+    prefix (DataParallel) are taken off; anything else is a CheckpointError naming the file and ``what`` was
+    expected (e.g. "a RetinaFace state dict")."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in obj.items()):
+        found = "an empty dict" if isinstance(obj, dict) and not obj else type(obj).__name__
+        raise CheckpointError(f"{shown(path)}: expected {what} (name -> tensor), found {found}")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)

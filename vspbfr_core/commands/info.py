@@ -199,28 +199,17 @@ def inspect_models_dir(folder: str | os.PathLike[str], detector_dir: str | os.Pa
             except VSPBFRError as exc:
                 row.problem = str(exc)
         rows.append(row)
-    for embedder, name in IDENTITY_FILES.items():
+    optional = [("identity", embedder, name) for embedder, name in IDENTITY_FILES.items()]
+    optional += [("parsing", parser, name) for parser, name in PARSING_FILES.items()]
+    for group, kind, name in optional:
         path = folder / name
         if not path.is_file():
-            rows.append(ModelFileInfo("identity", name, None, "missing", kind=f"{embedder} (optional)"))
+            rows.append(ModelFileInfo(group, name, None, "missing", kind=f"{kind} (optional)"))
             continue
-        row = ModelFileInfo("identity", name, str(path), "present", path.stat().st_size, f"{embedder} (optional)")
+        row = ModelFileInfo(group, name, str(path), "present", path.stat().st_size, f"{kind} (optional)")
         if check:
             try:
-                _check(path, "identity", embedder, records)
-                row.checked = True
-            except VSPBFRError as exc:
-                row.problem = str(exc)
-        rows.append(row)
-    for parser, name in PARSING_FILES.items():
-        path = folder / name
-        if not path.is_file():
-            rows.append(ModelFileInfo("parsing", name, None, "missing", kind=f"{parser} (optional)"))
-            continue
-        row = ModelFileInfo("parsing", name, str(path), "present", path.stat().st_size, f"{parser} (optional)")
-        if check:
-            try:
-                _check(path, "parsing", parser, records)
+                _check(path, group, kind, records)
                 row.checked = True
             except VSPBFRError as exc:
                 row.problem = str(exc)

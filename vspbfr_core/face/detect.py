@@ -205,18 +205,10 @@ def find_detector_file(name: str, model_dir: ModelDirs) -> Path:
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a detector file, read like the VSPBFR networks (:func:`vspbfr_core.weights_file.read_weights_file`:
     no code ever runs, damaged files are clear errors, deflated zips and non-UTF-8 names load)."""
-    from ..weights_file import read_weights_file, shown
+    from ..weights_file import read_weights_file, tensor_dict
 
     obj, _ = read_weights_file(path)
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                       for k, v in obj.items()):
-        found = "an empty dict" if isinstance(obj, dict) and not obj else type(obj).__name__
-        raise CheckpointError(f"{shown(path)}: expected a dict of tensors (a RetinaFace state dict), found {found}")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
+    return tensor_dict(obj, path, "a RetinaFace state dict")
 
 
 def load_detector(name: str, model_dir: ModelDirs, device: torch.device | str = "cpu") -> RetinaFaceDetector:

@@ -516,17 +516,9 @@ class FaceParser(nn.Module):
 
 
 def _state_dict_of(obj: object, path: str) -> dict[str, torch.Tensor]:
-    from ..weights_file import shown
+    from ..weights_file import tensor_dict
 
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                       for k, v in obj.items()):
-        found = "an empty dict" if isinstance(obj, dict) and not obj else type(obj).__name__
-        raise CheckpointError(f"{shown(path)}: expected a face-parsing state dict (name -> tensor), found {found}")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return dict(obj)
+    return tensor_dict(obj, path, "a face-parsing state dict")
 
 
 def load_parser_state_dict(name: str, sd: dict[str, torch.Tensor], path: str | os.PathLike[str] = "<memory>",
