@@ -11,6 +11,11 @@ the crop:
   square mask (a ramp from the crop border to about a tenth of the crop side).
 * ``"ellipse"``: an upright ellipse around the FFHQ face (0.42 x 0.49 of the crop side in semi-axes),
   with the ramp of width ``feather`` inside its boundary; background and hair corners stay original.
+* ``"landmarks"`` and ``"parsing"``: one mask per face, following its five landmarks or a face-parsing network's
+  face parts (see :mod:`.masks`).
+
+A ``limit`` mask in image space (a user's or an occlusion mask, SEG masks) multiplies every face's mask: where it
+is 0 the output keeps the original pixels.
 
 ``feather`` is measured in pixels of a 512 x 512 crop (scaled with the crop size; 0 = hard edge,
 default 50, at most 230).  The mask is 0 one crop pixel inside the crop border, so the zero padding
@@ -376,7 +381,7 @@ def _paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedF
             warped[k] = (sampled[j][crop], a, extra)
 
     # composite in detection order (later faces on top); ``base`` is the original the changes apply to
-    image_index = aligned.image_index.tolist()
+    image_index = image_index_list
     resized = (out_h, out_w) != (height, width)
     base_regions = {}
     if keep_detail:
