@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 17 (GPU speed), the one-go run for a lent GPU: expected run time about 4-6 minutes on an H100/H200
-# (weights about 1 min when not cached, each profile 1-2 min, then gpu_checks.sh about 6-8 min more: all
-# together about 10-14 min; GPU_CHECKS=0 skips that last step and keeps the run at about 4-6 min).
+# Issue 17 (GPU speed), the one-go run for a lent GPU.  EXPECTED RUN TIME: steps 0-2 about 3-5 minutes on an
+# H100/H200 (weights about 0.5-1 min when not cached in $WEIGHTS_DIR, each profile 1-2 min); step 3, the existing
+# gpu_checks.sh, adds its own 6-8 minutes (10-13 min in all).  GPU_CHECKS=0 skips step 3: use that when one command
+# may run at most 10 minutes, and run gpu_checks.sh as a second command.
 #   0. nvidia-smi and the versions;
 #   1. the full-size networks regenerated once from the parity manifest into $WEIGHTS_DIR (reused by step 3);
 #   2. benchmarks/profile_stages.py at 1 and 16 faces, float16 then float32 (torch.profiler, per stage: wall time,
@@ -12,6 +13,7 @@
 set -u -o pipefail
 OUT=${1:?usage: gpu_issue17.sh OUT_DIR}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE/.."
 export VSPBFR_SHARED=${VSPBFR_SHARED:-$(cd "$HERE/../.." && pwd)/shared}
@@ -22,12 +24,13 @@ export WEIGHTS_DIR=$W
 REPEATS=${REPEATS:-3}
 status=0
 t_start=$(date +%s)
+: >"$OUT/steps.txt"
 
 step() {  # step NAME SECONDS LOG command...: run under timeout, log, remember a failure
     local name=$1 secs=$2 log=$3; shift 3
     local t0=$(date +%s) rc
     echo "== $name (limit ${secs}s)" | tee -a "$OUT/steps.txt"
-    timeout "$secs" "$@" >>"$log" 2>&1
+    timeout "$secs" "$@" >"$log" 2>&1
     rc=$?
     echo "   $name: exit $rc after $(( $(date +%s) - t0 )) s (log: $log)" | tee -a "$OUT/steps.txt"
     [ $rc -eq 0 ] || status=1

@@ -39,7 +39,7 @@ What one configuration (device, dtype, number of faces) does:
    * ``gflop`` (``torch.utils.flop_counter.FlopCounterMode``, counted once per number of faces; ``--no-flops``
      skips it) and ``gflops_per_s`` against the wall time.
    Totals are the sums of the four stages (the launch share of the total from those sums).
-5. Prints a Markdown table per configuration, writes everything to ``--json``, and with ``--trace DIR`` one Chrome
+5. Prints a Markdown table per configuration, writes everything to ``--json``, and with ``--trace DIR`` one gzipped Chrome
    trace per configuration (open in chrome://tracing or https://ui.perfetto.dev).
 """
 from __future__ import annotations
@@ -300,6 +300,8 @@ def _share(device_s: float, wall_s: float) -> float:
 def profile_config(weights: Path, device: str, dtype: str, faces: int, args: argparse.Namespace,
                    flops_cache: dict[int, dict[str, float]], trace_dir: Path | None) -> dict[str, Any]:
     dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
     runner = OursRunner({"weights_dir": str(weights), "device": device, "dtype": dtype, "tf32": args.tf32})
     load_s = time.perf_counter() - t0
@@ -319,11 +321,15 @@ def profile_config(weights: Path, device: str, dtype: str, faces: int, args: arg
         for _ in range(args.repeats):
             profiled_walls.append(run_stages(runner, record=True))
     stages = analyse(prof.events(), dev)
-    trace = None
+    trace = trace_error = None
     if trace_dir is not None:
         trace_dir.mkdir(parents=True, exist_ok=True)
-        trace = trace_dir / f"trace_{device}_{dtype}_{faces}faces.json"
-        prof.export_chrome_trace(str(trace))
+        trace = trace_dir / f"trace_{device}_{dtype}_{faces}faces.json.gz"
+        try:
+            prof.export_chrome_trace(str(trace))
+        except Exception as exc:              # the numbers above are kept without the trace
+            trace_error, trace = f"{type(exc).__name__}: {exc}", None
+            print(f"warning: no trace for {device} {dtype} {faces} face(s): {trace_error}", file=sys.stderr)
 
     if args.flops and faces not in flops_cache:
         flops_cache[faces] = count_flops(runner)
@@ -352,7 +358,8 @@ def profile_config(weights: Path, device: str, dtype: str, faces: int, args: arg
     res = {"device": device, "dtype": dtype, "faces": faces, "resolution": size, "input": source,
            "load_s": load_s, "repeats": args.repeats, "warmup": args.warmup, "tf32": bool(args.tf32),
            "device_time": "CUDA kernels" if dev.type == "cuda" else "CPU operator time",
-           "stages": stages, "total": total, "trace": str(trace) if trace else None}
+           "stages": stages, "total": total, "trace": str(trace) if trace else None,
+           "trace_error": trace_error}
     if dev.type == "cuda":
         res["max_memory_allocated_mib"] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
     del runner, prof
@@ -383,6 +390,10 @@ def markdown(res: dict[str, Any]) -> str:
                      f"{st['launch_share'] * 100:.0f}% | {st['kernels']:.0f} | "
                      f"{'–' if gf is None else format(gf, '.3g')} | {'–' if gfs is None else format(gfs, '.1f')} | "
                      f"{top} |")
+    if cuda:
+        t = res["total"]
+        lines += ["", f"Cross-check: device events inside the ranges {t['device_window_s'] * 1e3:.2f} ms (busy, their "
+                  f"union: {t['device_busy_s'] * 1e3:.2f} ms); max allocated {res.get('max_memory_allocated_mib', 0):,.0f} MiB."]
     return "\n".join(lines)
 
 
