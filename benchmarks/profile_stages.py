@@ -23,7 +23,8 @@ What one configuration (device, dtype, number of faces) does:
    -> feature bank (StyleGAN2 synthesis) -> restoration), every stage synchronised: ``--warmup`` runs, then
    ``--repeats`` timed runs without the profiler (the *wall* times: medians), then ``--repeats`` runs under
    ``torch.profiler.profile`` (CPU activity, plus CUDA on cuda) with every stage inside
-   ``record_function("vspbfr/<stage>")``.
+   ``record_function("vspbfr/<stage>")``.  The whole batch goes through each stage at once (as in
+   ``bench_official``; ``VSPBFRPipeline`` renders in chunks of ``chunk_size`` faces, 4 by default).
 4. Per stage and in total:
    * ``wall_s``: the unprofiled wall time (synchronised);
    * ``device_s``: on CUDA the sum of the durations of the kernels (and memcpy / memset) the stage's operators
