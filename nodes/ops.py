@@ -203,6 +203,15 @@ def _on_device(module: torch.nn.Module, device: torch.device) -> bool:
     return all(t.device == device for t in tensors)
 
 
+def placed(module: torch.nn.Module, patchers: Sequence[Any], memory_required: int = 0) -> torch.device:
+    """Load ``patchers`` through the memory manager and make sure ``module`` (the first one's network) is on the
+    device it chose (a CPU-only run leaves it where it was); returns that device."""
+    device = host.load_models(patchers, memory_required)
+    if not _on_device(module, device):
+        module.to(device)
+    return device
+
+
 def _activate(handle: ModelHandle, faces: int, extra: Sequence[Any] = ()) -> VSPBFRPipeline:
     """Load the networks (and ``extra`` patchers) through the memory manager and run them in the handle's precision."""
     memory = host.memory_estimate(min(faces, handle.pipeline.chunk_size), handle.resolution, handle.dtype)
@@ -413,10 +422,8 @@ def _detect_frames(images: torch.Tensor, loaded: LoadedDetector, *, threshold: f
     acts between frames)."""
     from ..vspbfr_core.face import Detections, detect_faces
 
-    net, patcher = loaded.net, loaded.patcher
-    device = host.load_models([patcher, *extra], host.memory_estimate(1, 640, torch.float32))
-    if not _on_device(net, device):
-        net.to(device)
+    net = loaded.net
+    placed(net, [loaded.patcher, *extra], host.memory_estimate(1, 640, torch.float32))
     progress = Progress(images.shape[0], callback)
     parts = []
     for b in range(images.shape[0]):
@@ -699,9 +706,7 @@ def get_parser(name: str = "parsenet") -> LoadedParser:
 
 def _active_parser(loaded: LoadedParser) -> Any:
     """The parser on the device the memory manager put it on (it runs there; the masks come back to the paste)."""
-    device = host.load_models([loaded.patcher])
-    if not _on_device(loaded.parser, device):
-        loaded.parser.to(device)
+    placed(loaded.parser, [loaded.patcher])
     return loaded.parser
 
 

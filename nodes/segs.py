@@ -376,7 +376,7 @@ def segs_to_faces(image: torch.Tensor, segs: Any, detector: str, *, threshold: f
     (FaceSet of image 0, ordered left to right, aligned at ``size``, its ``limit`` the union of the kept SEGs'
     masks; the number of SEGs dropped because no face matched)."""
     from ..vspbfr_core.face import Detections
-    from .ops import DETECTORS, _align_crops, _on_device, get_detector
+    from .ops import DETECTORS, _align_crops, get_detector, placed
 
     check_choice(detector, "facedetection", DETECTORS)
     threshold = check_float(threshold, "threshold", minimum=0.0, maximum=1.0)
@@ -388,9 +388,7 @@ def segs_to_faces(image: torch.Tensor, segs: Any, detector: str, *, threshold: f
     cpu = rgb.float().cpu()
     found: list[tuple[CheckedSeg, Any]] = []
     if checked:
-        device = host.load_models([loaded.patcher], host.memory_estimate(1, DETECT_SIZE, torch.float32))
-        if not _on_device(loaded.net, device):
-            loaded.net.to(device)
+        device = placed(loaded.net, [loaded.patcher], host.memory_estimate(1, DETECT_SIZE, torch.float32))
         on = rgb.to(device=device, dtype=torch.float32)
         small = _resized(on)
         progress = Progress(len(checked), callback)

@@ -302,7 +302,7 @@ def _paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedF
     pasting = count > 0 and visibility != 0.0
     res = int(restored.shape[-1]) if pasting else 0
     if pasting:
-        uses_original = color_correction is not None or keep_detail
+        uses_original = color_correction is not None or keep_detail or mask_shape == "parsing"
         if not _all_finite(aligned.affine) or (uses_original and not _all_finite(aligned.crops)):
             raise InputError("paste_faces: the aligned faces contain NaN or infinite values (affine or crops); "
                              "align them again with align_faces")
@@ -328,7 +328,8 @@ def _paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedF
 
     work = torch.float64 if dtype == torch.float64 else torch.float32   # half-precision grids would be off by pixels
     faces = restored.to(device=device, dtype=work)
-    if color_correction is not None or keep_detail:
+    original = None
+    if uses_original:
         original = aligned.crops.to(device=device, dtype=work)
         if original.shape[-1] != res:
             original = F.interpolate(original, size=(res, res), mode="bilinear", align_corners=False,
@@ -342,8 +343,8 @@ def _paste_faces(images: torch.Tensor, restored: torch.Tensor, aligned: AlignedF
     # square / ellipse: the same mask in every crop, one template sampled with each face's grid; landmarks /
     # parsing: one mask per face
     if mask_shape in PER_FACE_SHAPES:
-        templates = _face_templates(mask_shape, faces, original if (color_correction is not None or keep_detail)
-                                    else None, aligned, res, float(feather), parser, mask_parts, work, device)
+        templates = _face_templates(mask_shape, faces, original, aligned, res, float(feather), parser, mask_parts,
+                                    work, device)
     else:
         template = face_mask(res, mask_shape, float(feather), dtype=work, device=device)       # [R, R]
     out_limit = _output_limit(limit, out_h, out_w, work, device) if limit is not None else None
@@ -467,16 +468,12 @@ def _output_limit(limit: torch.Tensor, out_h: int, out_w: int, dtype: torch.dtyp
 def _face_templates(shape: str, faces: torch.Tensor, original: torch.Tensor | None, aligned: AlignedFaces, res: int,
                     feather: float, parser: Any, parts: Any, dtype: torch.dtype, device: torch.device
                     ) -> torch.Tensor:
-    """Per-face masks ``[F, R, R]`` in restored-crop space for the ``landmarks`` / ``parsing`` shapes."""
+    """Per-face masks ``[F, R, R]`` in restored-crop space for the ``landmarks`` / ``parsing`` shapes (``original``:
+    the aligned crops at R, which parsing reads)."""
     from .masks import crop_landmarks, landmark_masks, parsing_masks
 
     if shape == "landmarks":
         return landmark_masks(crop_landmarks(aligned, res), res, feather, dtype=dtype, device=device)
-    if original is None:
-        original = aligned.crops.to(device=device, dtype=dtype)
-        if original.shape[-1] != res:
-            original = F.interpolate(original, size=(res, res), mode="bilinear", align_corners=False,
-                                     antialias=original.shape[-1] > res)
     return parsing_masks(parser, faces, original, feather, parts).to(device=device, dtype=dtype)
 
 
