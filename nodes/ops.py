@@ -721,22 +721,17 @@ def paste_limit(faces: FaceSet, mask: torch.Tensor | None, batch: int, height: i
                 ) -> torch.Tensor | None:
     """Where the paste may change pixels, ``[B, H, W]`` on the CPU: the faces' own limit (SEGS masks) times the
     user's MASK (``[H, W]``, ``[1, H, W]`` for every image, or ``[B, H, W]``); None when there is neither."""
+    from ..vspbfr_core.face.paste import check_user_mask
+
     limits = []
     for name, m in (("faces", faces.limit), ("mask", mask)):
         if m is None:
             continue
-        if not isinstance(m, torch.Tensor) or not m.is_floating_point():
-            raise InputError(f"{name}: expected a MASK (a float tensor [B, H, W] in [0, 1]), got {describe_value(m)}")
-        m = m.detach().float().cpu()
-        if m.dim() == 2:
-            m = m.unsqueeze(0)
-        if m.dim() != 3 or tuple(m.shape[1:]) != (height, width) or m.shape[0] not in (1, batch):
-            raise InputError(f"{name}: the mask is {list(m.shape)} but the images are {batch} x {height}x{width}; "
-                             "give one mask of the images' size for all of them or one per image (resize the mask "
-                             "first, e.g. with a mask resize node)")
-        if not bool(torch.isfinite(m).all()) or bool((m < 0).any()) or bool((m > 1).any()):
-            raise InputError(f"{name}: mask values must be finite and in [0, 1]")
-        limits.append(m.expand(batch, height, width))
+        try:
+            limits.append(check_user_mask(m.detach().cpu() if isinstance(m, torch.Tensor) else m, batch, height, width))
+        except InputError as exc:
+            raise InputError(f"{name}: {str(exc).removeprefix('paste_faces: ')} (resize the mask first, e.g. with a "
+                             "mask resize node)") from None
     if not limits:
         return None
     return limits[0] if len(limits) == 1 else limits[0] * limits[1]

@@ -147,12 +147,11 @@ def parsing_masks(parser: Any, restored: torch.Tensor, original: torch.Tensor | 
     from .parsing import DEFAULT_PARTS, parse_parts
 
     chosen = DEFAULT_PARTS if parts is None else parse_parts(parts)
-    size, device = restored.shape[-1], restored.device
-    on = next(iter(parser.parameters())).device             # the network runs where it is (a GPU, say)
+    size = restored.shape[-1]
 
-    def probability(crops: torch.Tensor) -> torch.Tensor:
+    def probability(crops: torch.Tensor) -> torch.Tensor:      # the parser runs on its own device (a GPU, say)
         rgb = crops[:, :3] if crops.shape[1] >= 3 else crops.expand(-1, 3, -1, -1)
-        return parser.part_probability(rgb.float().to(on), chosen).to(device=device, dtype=torch.float64)
+        return parser.part_probability(rgb.float(), chosen).to(torch.float64)
 
     face = probability(restored)
     if original is not None:
